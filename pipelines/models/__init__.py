@@ -1,0 +1,1 @@
+"""Model registry, loading, memory tiers and LoRA files. Import submodules directly; torch is imported lazily."""
