@@ -1,0 +1,51 @@
+"""IC-LoRA Studio: `python app.py` serves the studio on http://127.0.0.1:7860.
+
+With no LTX-2.3 weights configured it runs on the built-in tiny test model (random weights: output is noise) and
+says so in the UI. Point --models-dir (or ICLORA_MODELS_DIR) at a folder with LTX-2.3 to generate for real.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# No analytics, no hub lookups at run time (set before gradio / huggingface_hub are imported).
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="IC-LoRA Studio for LTX-2.3")
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; --listen for 0.0.0.0)")
+    p.add_argument("--listen", action="store_true", help="serve on 0.0.0.0 (your LAN)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--models-dir", default=os.environ.get("ICLORA_MODELS_DIR"), help="folder with LTX-2.3 weights")
+    p.add_argument("--outputs-dir", default=os.environ.get("ICLORA_OUTPUTS_DIR", "outputs"))
+    p.add_argument("--model", default="tiny", help="model to select by default: tiny or a name from the Models tab")
+    p.add_argument("--auth", default=None, metavar="FILE", help="users file (python -m studio.cli_users add FILE NAME)")
+    p.add_argument("--max-file-size", default="2gb", help="upload size limit, e.g. 500mb")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from pipelines.errors import UserError
+    from studio.app import launch
+    from studio.context import StudioConfig
+
+    host = args.host or ("0.0.0.0" if args.listen else "127.0.0.1")
+    cfg = StudioConfig(models_dir=args.models_dir, outputs_dir=args.outputs_dir, model=args.model, host=host,
+                       port=args.port, auth_file=args.auth, max_file_size=args.max_file_size)
+    try:
+        launch(cfg)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""run_control: one call that conforms a clip and turns it into a control video.
+
+Order of work: check the backend is ready (before decoding anything, so a missing weight fails in
+milliseconds), conform the input to the target (frames 8n+1, size, fps), then run the preprocessor on the
+conformed frames. Running after conforming means the output has exactly the target frame count and size, and
+pixel-sized things (edge width, skeleton sticks) are the same on every frame.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.control.registry import spec_for
+from pipelines.control.types import (CannyOptions, ControlKind, ControlOptions, ControlReport, DepthOptions,
+                                     PassthroughOptions, PoseBackend, PoseOptions, ProgressFn, options_to_dict,
+                                     resolve_options)
+from pipelines.errors import UserError
+
+DEFAULT_FPS = 24.0
+_CONFORM_SHARE = 0.1  # share of the progress bar given to decoding + conforming
+
+
+def _scaled(progress: ProgressFn | None, start: float, end: float) -> ProgressFn | None:
+    if progress is None:
+        return None
+    return lambda f, text: progress(start + (end - start) * min(max(f, 0.0), 1.0), text)
+
+
+def _as_frames(array) -> np.ndarray:
+    arr = np.asarray(array)
+    if arr.ndim == 3:  # [T,H,W] gray
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 4 or arr.shape[-1] not in (3, 4) or arr.shape[0] < 1:
+        raise UserError(f"control input must be frames shaped [T,H,W,3]; got {tuple(arr.shape)}")
+    if arr.dtype != np.uint8:
+        raise UserError(f"control input frames must be uint8 0..255; got {arr.dtype}")
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def run_control(kind: ControlKind | str, frames_or_path, target=None, options: ControlOptions | dict | None = None,
+                models_dir: str | os.PathLike | None = None, progress: ProgressFn | None = None, *,
+                fps: float | None = None) -> tuple[np.ndarray, ControlReport]:
+    """Make the control video for `kind` from a file path or uint8 frames [T,H,W,3] (then `fps` is the source
+    rate; default the target's, else 24). Returns (frames uint8 [T,H,W,3] at exactly the target frames/size,
+    report). Raises UserError for bad input, missing packages or missing weights (listing the paths searched).
+    """
+    from pipelines.video_io import ConformTarget, conform, conform_file
+
+    kind = ControlKind.parse(kind)
+    opts = resolve_options(kind, options)
+    spec = spec_for(kind, opts)
+    weights_dir = spec.require(models_dir)
+    target = target if target is not None else ConformTarget()
+    started = time.perf_counter()
+
+    if progress is not None:
+        progress(0.0, "reading video")
+    if isinstance(frames_or_path, (str, os.PathLike)):
+        frames, _src_fps, conform_report = conform_file(Path(frames_or_path), target)
+    else:
+        src = _as_frames(frames_or_path)
+        frames, conform_report = conform(src, float(fps or target.fps or DEFAULT_FPS), target)
+    frames = np.ascontiguousarray(frames)
+    sub = _scaled(progress, _CONFORM_SHARE, 1.0)
+
+    details: dict = {}
+    if kind is ControlKind.CANNY:
+        from pipelines.control.canny import run_canny
+
+        assert isinstance(opts, CannyOptions)
+        out = run_canny(frames, opts, sub)
+    elif kind is ControlKind.DEPTH:
+        from pipelines.control.depth import run_depth
+
+        assert isinstance(opts, DepthOptions)
+        out, details = run_depth(frames, opts, weights_dir, sub)
+    elif kind is ControlKind.POSE:
+        from pipelines.control import pose
+
+        assert isinstance(opts, PoseOptions)
+        if PoseBackend(opts.backend) is PoseBackend.CONTROLNET_AUX:
+            out, details = pose.run_controlnet_aux_openpose(frames, opts, weights_dir, sub)
+        else:
+            out, details = pose.run_pose(frames, opts, weights_dir, sub)
+    else:
+        from pipelines.control.passthrough import run_passthrough
+
+        assert isinstance(opts, PassthroughOptions)
+        out = run_passthrough(frames, opts, sub)
+
+    want = (conform_report.frames, conform_report.height, conform_report.width, 3)
+    if out.shape != want or out.dtype != np.uint8:  # a bug, not a user error
+        raise RuntimeError(f"{kind.value} produced {out.shape} {out.dtype}; expected {want} uint8")
+
+    notes = list(conform_report.changes)
+    if kind is ControlKind.CANNY and (opts.low_threshold, opts.high_threshold) != (92, 200):
+        notes.append(f"thresholds {opts.low_threshold}/{opts.high_threshold} differ from the Union LoRA's 92/200")
+    report = ControlReport(
+        kind=kind.value, backend=spec.backend, width=conform_report.width, height=conform_report.height,
+        frames=conform_report.frames, fps=float(conform_report.fps), options=options_to_dict(opts),
+        conform=conform_report.to_dict(), seconds=round(time.perf_counter() - started, 3), notes=notes,
+        weights=str(weights_dir) if weights_dir else None,
+        device=details.get("device") or details.get("provider"), details=details)
+    return out, report
+
+
+def save_control(path: str | os.PathLike, frames: np.ndarray, report: ControlReport) -> Path:
+    """Write the control video (h264, atomic) with the report as its mp4 comment, and a .json sidecar.
+
+    Encoded with x264's "veryfast" preset at the usual CRF: a control video is an intermediate, and 1 px edge
+    maps cost x264's default preset over twice the time of natural footage for no visible gain."""
+    from pipelines.video_io import write_video
+
+    path = Path(path)
+    written = write_video(path, frames, report.fps, comment=json.dumps(report.to_dict(), default=str), preset="veryfast")
+    sidecar = path.with_suffix(".json")
+    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
+    tmp.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    os.replace(tmp, sidecar)
+    return written

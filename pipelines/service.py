@@ -1,0 +1,70 @@
+"""Entry points the studio's job system and the CLI call: typed request in, files out. Keeps model caching and
+progress plumbing in one place so the UI layer never touches torch."""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pipelines.errors import UserError
+from pipelines.requests import GenerateRequest
+
+ProgressFn = Callable[[float, str, "str | None"], None]  # fraction, message, preview image path
+
+
+@dataclass
+class EngineService:
+    """Owns the model cache and one Engine per loaded model. One generation at a time (GPU lane)."""
+
+    models_dir: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _engines: dict = field(default_factory=dict, repr=False)
+
+    def engine(self, model: str, tier=None):
+        from pipelines.models.loader import default_cache
+        from pipelines.models.registry import get_spec
+        from pipelines.requests import MemoryTier
+        from pipelines.sampler.engine import Engine
+
+        spec = get_spec(model, self.models_dir)
+        loaded = default_cache().get(spec, tier or MemoryTier.AUTO)
+        key = id(loaded)
+        if key not in self._engines:
+            self._engines = {key: Engine(loaded)}
+        return self._engines[key]
+
+    def generate(self, request: GenerateRequest | dict, out_path: str | os.PathLike,
+                 progress: ProgressFn | None = None, should_cancel: Callable[[], bool] | None = None,
+                 preview_dir: str | os.PathLike | None = None) -> dict:
+        req = request if isinstance(request, GenerateRequest) else GenerateRequest.from_dict(request)
+        req.validate()
+        with self._lock:
+            if progress:
+                progress(0.0, "loading model", None)
+            eng = self.engine(req.model, req.tier)
+            on_step = None
+            if progress is not None:
+                def on_step(ev):
+                    path = None
+                    if ev.preview is not None and preview_dir is not None:
+                        path = _write_preview(Path(preview_dir), ev.preview)
+                    progress(ev.step / ev.total * 0.95, f"step {ev.step}/{ev.total}", path)
+            res = eng.generate(req, out_path, on_step=on_step, should_cancel=should_cancel,
+                               previews=preview_dir is not None)
+            if progress:
+                progress(1.0, "done", None)
+        return {"video": str(res.path), "settings": str(res.sidecar), "metadata": res.metadata}
+
+
+def _write_preview(folder: Path, img) -> str:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "preview.png"
+    tmp = folder / ".preview.tmp.png"
+    if not cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+        raise UserError(f"cannot write preview to {folder}")
+    os.replace(tmp, path)
+    return str(path)

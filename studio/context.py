@@ -1,0 +1,92 @@
+"""What every tab shares: configuration, the job manager, the engine service. Built once per server.
+
+No tensor math and no torch import here: job functions hand typed requests to pipelines.service.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.config import ASSETS_DIR, Paths
+from pipelines.errors import UserError
+from pipelines.requests import GenerateRequest
+
+LOCAL_OWNER = "local"
+
+
+@dataclass
+class StudioConfig:
+    models_dir: str | None = None
+    outputs_dir: str | None = None
+    model: str = "tiny"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    auth_file: str | None = None
+    max_file_size: str = "2gb"
+    gpu_workers: int = 1
+
+    @property
+    def paths(self) -> Paths:
+        return Paths.resolve(self.models_dir, self.outputs_dir)
+
+
+@dataclass
+class StudioContext:
+    config: StudioConfig
+    jobs: object  # studio.jobs.JobManager
+    service: object  # pipelines.service.EngineService
+    tabs: list = field(default_factory=list)
+    shared: dict = field(default_factory=dict)  # gr.State objects for cross-tab hand-offs (set by studio.app)
+    registered: set = field(default_factory=set)  # tabs whose job kinds are registered
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.config.paths.outputs_dir
+
+    @property
+    def models_dir(self) -> Path | None:
+        return self.config.paths.models_dir
+
+    def owner(self, request) -> str:
+        """The job owner for a Gradio request: the logged-in user, else the single local user."""
+        from studio.auth import owner_name
+
+        user = getattr(request, "username", None) if request is not None else None
+        return owner_name(user) if user else LOCAL_OWNER
+
+    def allowed_roots(self) -> list[str]:
+        roots = [str(self.outputs_dir), str(ASSETS_DIR)]
+        if self.models_dir:
+            roots.append(str(self.models_dir))
+        return roots
+
+
+def run_generate_job(service, request: dict, ctx) -> dict:
+    """Job function for kind 'generate' (gpu lane)."""
+    req = GenerateRequest.from_dict(request)
+    out = Path(ctx.out_dir) / "output.mp4"
+
+    def progress(fraction, message, preview):
+        ctx.progress(fraction, message, preview)
+
+    result = service.generate(req, out, progress=progress, should_cancel=lambda: ctx.cancelled,
+                              preview_dir=Path(ctx.out_dir) / "preview")
+    ctx.add_output(result["video"])
+    ctx.add_output(result["settings"])
+    return {"video": result["video"], "settings": result["settings"], "notice": result["metadata"].get("notice", "")}
+
+
+def build_context(config: StudioConfig) -> StudioContext:
+    from pipelines.service import EngineService
+    from studio.jobs import JobManager
+
+    paths = config.paths
+    paths.outputs_dir.mkdir(parents=True, exist_ok=True)
+    if config.models_dir and not Path(config.models_dir).is_dir():
+        raise UserError(f"--models-dir {config.models_dir} is not a folder")
+    service = EngineService(models_dir=str(paths.models_dir) if paths.models_dir else None)
+    jobs = JobManager(paths.outputs_dir, gpu_workers=config.gpu_workers)
+    jobs.register("generate", lambda req, ctx: run_generate_job(service, req, ctx), lane="gpu")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    return StudioContext(config=config, jobs=jobs, service=service)

@@ -1,0 +1,109 @@
+"""Generate tab: text-to-video and first-frame image-to-video through the engine, as a server-side job.
+
+The job id lives in gr.BrowserState, so a reloaded or reopened page picks the job up again; a gr.Timer polls it
+(GRADIO.md: streaming events die with the tab, jobs do not).
+"""
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+
+from pipelines.requests import GenerateRequest, MemoryTier, Schedule
+from studio.ui import guard, progress_html
+
+TITLE = "Generate"
+
+
+def model_choices(ctx) -> list[str]:
+    from pipelines.models.registry import discover
+
+    return [s.name for s in discover(ctx.models_dir) if s.ready]
+
+
+def job_view(ctx, job_id: str | None, request: gr.Request):
+    """(progress html, preview, video, settings file, status markdown) for a job id."""
+    from studio.jobs import JobNotFound
+
+    if not job_id:
+        return progress_html(0, "no job yet", "idle"), None, None, None, ""
+    try:
+        job = ctx.jobs.get(job_id, ctx.owner(request))
+    except JobNotFound:
+        return progress_html(0, "job not found", "idle"), None, None, None, ""
+    status = job.status.value
+    res = job.result or {}
+    video = res.get("video") if status == "done" else None
+    settings = res.get("settings") if status == "done" else None
+    note = ""
+    if job.error:
+        note = f"**{status}:** {job.error}"
+    elif status == "done" and res.get("notice"):
+        note = f"⚠️ {res['notice']}"
+    return (progress_html(job.progress, job.message or "", status), job.preview, video, settings, note)
+
+
+def build(ctx):
+    choices = model_choices(ctx)
+    default_model = ctx.config.model if ctx.config.model in choices else choices[0]
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=3, value="a woman walking in a city street at night, cinematic",
+                                elem_id="gen-prompt")
+            negative = gr.Textbox(label="Negative prompt", lines=1, value="")
+            image = gr.Image(label="First frame (optional)", type="filepath", sources=["upload"], height=180)
+            with gr.Row():
+                width = gr.Number(768 if default_model != "tiny" else 96, label="Width", precision=0, minimum=32, step=32)
+                height = gr.Number(512 if default_model != "tiny" else 64, label="Height", precision=0, minimum=32, step=32)
+                frames = gr.Number(121 if default_model != "tiny" else 9, label="Frames (8n+1)", precision=0, minimum=1, step=8)
+                fps = gr.Number(24, label="FPS", minimum=1, maximum=120)
+            with gr.Accordion("Sampling", open=False):
+                with gr.Row():
+                    model = gr.Dropdown(choices, value=default_model, label="Model")
+                    tier = gr.Dropdown([t.value for t in MemoryTier], value="auto", label="Memory tier")
+                    schedule = gr.Radio([s.value for s in Schedule], value="distilled", label="Schedule")
+                with gr.Row():
+                    steps = gr.Slider(1, 60, value=30, step=1, label="Steps (full schedule)")
+                    cfg = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="CFG (full schedule)")
+                    seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+            with gr.Row():
+                go = gr.Button("Generate", variant="primary", elem_id="gen-go")
+                cancel = gr.Button("Cancel", elem_id="gen-cancel")
+        with gr.Column(scale=2):
+            progress = gr.HTML(progress_html(0, "no job yet", "idle"), elem_id="gen-progress")
+            preview = gr.Image(label="Latent preview", interactive=False, height=120, format="png")
+            video = gr.Video(label="Result", interactive=False, elem_id="gen-video")
+            settings = gr.File(label="Settings (JSON)", interactive=False)
+            status = gr.Markdown(elem_id="gen-status")
+    job_id = gr.BrowserState(None, storage_key="iclora-generate-job")
+    timer = gr.Timer(1.0)
+
+    @guard
+    def submit(prompt, negative, image, width, height, frames, fps, model, tier, schedule, steps, cfg, seed,
+               request: gr.Request):
+        sched = Schedule(schedule)
+        req = GenerateRequest(
+            prompt=prompt, negative_prompt=negative or "", model=model, width=int(width), height=int(height),
+            frames=int(frames), fps=float(fps), seed=int(seed), schedule=sched, steps=int(steps) if sched == Schedule.FULL else 8,
+            guidance_scale=float(cfg) if sched == Schedule.FULL else 1.0, tier=MemoryTier(tier), image=image or None,
+        ).validate()
+        jid = ctx.jobs.submit(ctx.owner(request), "generate", req.to_dict())
+        return jid, progress_html(0, "queued", "queued")
+
+    go.click(submit, [prompt, negative, image, width, height, frames, fps, model, tier, schedule, steps, cfg, seed],
+             [job_id, progress], api_visibility="private")
+
+    def poll(jid, request: gr.Request):
+        return job_view(ctx, jid, request)
+
+    timer.tick(guard(poll), job_id, [progress, preview, video, settings, status], api_visibility="private",
+               show_progress="hidden")
+
+    @guard
+    def do_cancel(jid, request: gr.Request):
+        if jid:
+            ctx.jobs.cancel(jid, ctx.owner(request))
+        return job_view(ctx, jid, request)
+
+    cancel.click(do_cancel, job_id, [progress, preview, video, settings, status], api_visibility="private")
+    return {"prompt": prompt, "settings_json": json}

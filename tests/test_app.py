@@ -1,0 +1,57 @@
+"""The studio as a user meets it: served over HTTP, driven by gradio_client and by headless Chromium."""
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from tests.conftest import screenshot
+
+
+def test_root_serves_200(studio_server):
+    url, _, _ = studio_server
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.status == 200
+        body = r.read().decode()
+    assert "IC-LoRA Studio" in body
+
+
+def test_api_generate_tiny_roundtrip(studio_server, studio_client):
+    from pipelines.video_io import probe, read_comment
+
+    req = {"prompt": "a dog running", "width": 96, "height": 64, "frames": 9, "fps": 12, "seed": 3}
+    job_id = studio_client.predict(req, api_name="/generate")
+    job = studio_client.predict(job_id, 120, api_name="/wait")
+    assert job["status"] == "done", job
+    video = job["result"]["video"]
+    info = probe(video)
+    assert (info.width, info.height, info.frames, info.fps) == (96, 64, 9, 12.0)
+    meta = json.loads(read_comment(video))
+    assert meta["request"]["seed"] == 3 and meta["tiny_model"] is True
+    assert "random weights" in job["result"]["notice"]
+
+
+def test_api_bad_request_is_a_clear_error(studio_client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as exc:
+        studio_client.predict({"prompt": "x", "frames": 117}, api_name="/generate")
+    assert "8n+1" in str(exc.value) and "Traceback" not in str(exc.value)
+
+
+@pytest.mark.browser
+def test_browser_generate_tab_runs_tiny_generation(studio_server, page):
+    url, _, _ = studio_server
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#tiny-notice", timeout=30_000)
+    assert "random weights" in page.inner_text("#tiny-notice")
+    page.get_by_role("tab", name="Generate").click()
+    page.fill("#gen-prompt textarea", "a red car in the city at night")
+    page.click("#gen-go")
+    page.wait_for_selector('#gen-progress [data-status="done"]', timeout=120_000)
+    page.wait_for_selector("#gen-video video", timeout=30_000)
+    src = page.get_attribute("#gen-video video", "src")
+    assert src and ".mp4" in src
+    shot = screenshot(page, "generate_tab_done")
+    assert shot.stat().st_size > 10_000
