@@ -5,7 +5,8 @@
 Clip: a synthetic 121-frame 768x512 h264 mp4 (a moving smooth texture with a white rectangle). Baseline (the
 I/O floor): decode + conform + encode of that clip with video_io, no preprocessing. Then, for each preprocessor
 that is ready here (registry status), the full `run_control` + `save_control` path, with its ratio to the floor.
-Goal (issue 4): canny <= 1.5x the floor.
+Goal (issue 4): canny <= 1.5x the floor. The floor encodes with write_video's default x264 preset (medium);
+save_control writes control videos with "veryfast" (see its docstring), so that floor is printed too.
 
 Model speed without real weights:
 - depth: Depth-Anything-V2-Small's real architecture (its -hf config, ~25M parameters) with random weights,
@@ -130,17 +131,26 @@ def main() -> int:
         target = ConformTarget(width=WIDTH, height=HEIGHT, frames=args.frames)
         print(f"clip: {args.frames} frames {WIDTH}x{HEIGHT}, repeats={args.repeats}, device={device}")
 
-        def floor() -> None:
+        def floor(preset: str = "medium") -> None:
             frames, fps, _ = conform_file(clip, target)
-            write_video(tmp / "floor.mp4", frames, fps)
+            write_video(tmp / "floor.mp4", frames, fps, preset=preset)
 
+        floor()  # warm-up (page cache, ffmpeg start)
         base = timed(floor, args.repeats)
-        print(f"{'decode+encode (I/O floor)':<44} {base:7.2f} s   1.00x")
+        print(f"{'decode+encode (I/O floor, x264 medium)':<48} {base:7.2f} s   1.00x")
+        fast = timed(lambda: floor("veryfast"), args.repeats)
+        print(f"{'decode+encode (x264 veryfast, as save_control)':<48} {fast:7.2f} s   {fast / base:5.2f}x")
+        from pipelines.control import CannyOptions
+        from pipelines.control.canny import run_canny
+        decoded, _, _ = conform_file(clip, target)
+        sec = timed(lambda: run_canny(decoded, CannyOptions()), args.repeats)
+        print(f"{'canny compute only (no I/O)':<48} {sec:7.2f} s   {sec / base:5.2f}x")
+        del decoded
 
         ready = {s["kind"]: s["ready"] for s in registry_status(args.models_dir)}
         for kind in ("canny", "passthrough", "depth", "pose"):
             if not ready[kind]:
-                print(f"{kind + ' (real weights)':<44}    skipped: not ready here (see `python -m pipelines control list`)")
+                print(f"{kind + ' (real weights)':<48}    skipped: not ready here (see `python -m pipelines control list`)")
                 continue
             opts = {"device": device} if kind in ("depth", "pose") else None
 
@@ -150,7 +160,7 @@ def main() -> int:
 
             run()  # warm-up: model loading is not part of the per-clip figure
             sec = timed(run, args.repeats)
-            print(f"{kind:<44} {sec:7.2f} s   {sec / base:5.2f}x   ({args.frames / sec:6.1f} frames/s)")
+            print(f"{kind:<48} {sec:7.2f} s   {sec / base:5.2f}x   ({args.frames / sec:6.1f} frames/s)")
 
         # model speed with random weights of the real depth architecture
         try:
@@ -164,7 +174,7 @@ def main() -> int:
             call = lambda: run_control("depth", clip, dtarget, DepthOptions(device=device), models_dir=depth_root)  # noqa: E731
             call()
             sec = timed(call, max(1, args.repeats if args.gpu else 1))
-            print(f"{f'depth, random DA-V2-Small ({params / 1e6:.1f}M), {n_depth} fr':<44} {sec:7.2f} s   "
+            print(f"{f'depth, random DA-V2-Small ({params / 1e6:.1f}M), {n_depth} fr':<48} {sec:7.2f} s   "
                   f"{sec / base * args.frames / n_depth:5.2f}x*  ({n_depth / sec:6.1f} frames/s)")
         except ImportError as exc:
             print(f"depth random-weights run skipped: {exc}")
@@ -176,7 +186,7 @@ def main() -> int:
             call = lambda: run_control("pose", clip, target, PoseOptions(device=device), models_dir=pose_root)  # noqa: E731
             call()
             sec = timed(call, args.repeats)
-            print(f"{'pose pipeline, constant ONNX (real shapes)':<44} {sec:7.2f} s   {sec / base:5.2f}x   "
+            print(f"{'pose pipeline, constant ONNX (real shapes)':<48} {sec:7.2f} s   {sec / base:5.2f}x   "
                   f"({args.frames / sec:6.1f} frames/s; excludes network compute)")
         except ImportError as exc:
             print(f"pose pipeline run skipped: {exc}")

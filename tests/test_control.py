@@ -366,3 +366,15 @@ def test_cli_list_and_canny(tmp_path, make_video, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(tmp_path / "depth-anything-v2-small") in err
     assert not (tmp_path / "d.mp4").exists()
+
+
+def test_lost_person_is_picked_up_again_within_max_gap():
+    from pipelines.control.pose import PersonTrack, match_tracks
+
+    box = np.array([10, 10, 50, 90], np.float32)
+    track = PersonTrack.new(40, box)
+    track.active, track.last_frame = False, 5
+    moved = box[None] + 3
+    assert match_tracks([track], moved, frame=12, max_gap=8) == [0]
+    assert match_tracks([track], moved, frame=30, max_gap=8) == [None]
+    assert match_tracks([track], moved + 200, frame=12, max_gap=8) == [None]  # no overlap: someone else

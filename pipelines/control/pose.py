@@ -282,6 +282,7 @@ class PersonTrack:
     det_box: np.ndarray = field(default=None)
     det_centroid: np.ndarray | None = None
     active: bool = True
+    last_frame: int = 0            # last frame this person had a box (detected or followed)
 
     @classmethod
     def new(cls, frames: int, box: np.ndarray) -> "PersonTrack":
@@ -294,9 +295,13 @@ def _centroid(xy: np.ndarray, score: np.ndarray, thr: float) -> np.ndarray | Non
     return xy[seen].mean(0) if seen.sum() >= 3 else None
 
 
-def match_tracks(tracks: list[PersonTrack], boxes: np.ndarray, min_iou: float = 0.3) -> list[int | None]:
-    """Greedy best-IoU assignment of new boxes to active tracks; None = a new person."""
-    active = [i for i, tr in enumerate(tracks) if tr.active]
+def match_tracks(tracks: list[PersonTrack], boxes: np.ndarray, frame: int, max_gap: int,
+                 min_iou: float = 0.3) -> list[int | None]:
+    """Greedy best-IoU assignment of new boxes to tracks seen within `max_gap` frames; None = a new person.
+
+    Tracks lost for a few frames (a missed detection, a brief occlusion) are picked up again, so their
+    keypoints can be interpolated across the gap instead of the person restarting as someone new."""
+    active = [i for i, tr in enumerate(tracks) if tr.active or frame - tr.last_frame <= max_gap + 1]
     iou = box_iou(boxes, np.stack([tracks[i].box for i in active])) if active else np.zeros((len(boxes), 0))
     result: list[int | None] = [None] * len(boxes)
     used: set[int] = set()
@@ -374,18 +379,21 @@ def track_clip(models: DWPoseModels, frames: np.ndarray, options: PoseOptions,
         rgb = frames[t]
         if t % options.detect_every == 0 or not any(tr.active for tr in tracks):
             boxes = detect_people(models, rgb, options.max_people)
-            assigned = match_tracks(tracks, boxes)
+            assigned = match_tracks(tracks, boxes, t, options.max_gap)
             for tr in tracks:
                 tr.active = False
             for box, idx in zip(boxes, assigned):
                 if idx is None:
                     tracks.append(PersonTrack.new(t_total, box))
                     tr = tracks[-1]
+                    tr.last_frame = t
                 else:
                     tr = tracks[idx]
                     tr.box, tr.det_box, tr.active = box.copy(), box.copy(), True
                 tr.det_centroid = None  # set from this frame's keypoints below
         current = [tr for tr in tracks if tr.active]
+        for tr in current:
+            tr.last_frame = t
         if current:
             kpts, scores = estimate_keypoints(models, rgb, np.stack([tr.box for tr in current]))
             xy, sc = to_openpose18(kpts, scores)
