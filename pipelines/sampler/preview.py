@@ -40,9 +40,9 @@ def fit_projection(pipe, device, dtype, ridge: float = 1e-2) -> np.ndarray:
 
 
 def latent_preview(tokens, proj: np.ndarray, frames: int, height: int, width: int, frame_index: int | None = None,
-                   upscale: int = 8) -> np.ndarray:
+                   upscale: int | None = None) -> np.ndarray:
     """tokens: [1, T, C] packed target latents (normalised). Returns uint8 [h*upscale, w*upscale, 3] for one latent
-    frame (the middle one by default)."""
+    frame (the middle one by default), upscaled with nearest neighbour so latent cells stay visible."""
     import cv2
 
     t = tokens[0, : frames * height * width].float().cpu().numpy().reshape(frames, height, width, -1)
@@ -50,4 +50,6 @@ def latent_preview(tokens, proj: np.ndarray, frames: int, height: int, width: in
     x = t[f].reshape(-1, t.shape[-1])
     rgb = np.concatenate([x, np.ones((x.shape[0], 1), np.float32)], 1) @ proj
     img = (np.clip(rgb, 0, 1) * 255).astype(np.uint8).reshape(height, width, 3)
+    if upscale is None:  # at least ~256 px wide so a tiny latent grid is visible, at most 8x (32x would be 1:1)
+        upscale = int(min(32, max(8, -(-256 // width))))
     return cv2.resize(img, (width * upscale, height * upscale), interpolation=cv2.INTER_NEAREST)

@@ -5,8 +5,6 @@ The job id lives in gr.BrowserState, so a reloaded or reopened page picks the jo
 """
 from __future__ import annotations
 
-import json
-
 import gradio as gr
 
 from pipelines.requests import GenerateRequest, MemoryTier, Schedule
@@ -43,6 +41,27 @@ def job_view(ctx, job_id: str | None, request: gr.Request):
     return (progress_html(job.progress, job.message or "", status), job.preview, video, settings, note)
 
 
+def vram_text(model: str, tier: str, width, height, frames, refs: int = 0, downscale: int = 1) -> str:
+    """The predicted peak VRAM shown before a run (pipelines.models.memory; real LTX-2.3 sizes)."""
+    from pipelines.models.memory import choose_tier, estimate, free_vram_gb
+
+    try:
+        w, h, f = int(width), int(height), int(frames)
+    except (TypeError, ValueError):
+        return ""
+    if model == "tiny":
+        return "Memory: tiny test model (a few MB on any device)."
+    t = MemoryTier(tier)
+    if t == MemoryTier.AUTO:
+        if free_vram_gb() is None:
+            parts = [f"{x.value} {estimate(x, w, h, f, refs=refs, downscale=downscale).peak_gb:.0f} GB"
+                     for x in (MemoryTier.BF16, MemoryTier.FP8, MemoryTier.OFFLOAD, MemoryTier.GROUP_OFFLOAD)]
+            return ("Memory: auto picks the fastest tier that fits the GPU's free memory at run time; no CUDA GPU is "
+                    "visible to this server. Predicted peaks: " + ", ".join(parts) + ".")
+        t = choose_tier(None, "cuda", w, h, f)
+    return "Memory: " + estimate(t, w, h, f, refs=refs, downscale=downscale).text()
+
+
 def build(ctx):
     choices = model_choices(ctx)
     default_model = ctx.config.model if ctx.config.model in choices else choices[0]
@@ -66,6 +85,7 @@ def build(ctx):
                     steps = gr.Slider(1, 60, value=30, step=1, label="Steps (full schedule)")
                     cfg = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="CFG (full schedule)")
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+            vram = gr.Markdown(vram_text(default_model, "auto", 96, 64, 9), elem_id="gen-vram")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="gen-go")
                 cancel = gr.Button("Cancel", elem_id="gen-cancel")
@@ -75,6 +95,9 @@ def build(ctx):
             video = gr.Video(label="Result", interactive=False, elem_id="gen-video")
             settings = gr.File(label="Settings (JSON)", interactive=False)
             status = gr.Markdown(elem_id="gen-status")
+    for comp in (model, tier, width, height, frames):
+        comp.change(guard(vram_text), [model, tier, width, height, frames], vram, api_visibility="private",
+                    show_progress="hidden")
     job_id = gr.BrowserState(None, storage_key="iclora-generate-job")
     timer = gr.Timer(1.0)
 
@@ -106,4 +129,5 @@ def build(ctx):
         return job_view(ctx, jid, request)
 
     cancel.click(do_cancel, job_id, [progress, preview, video, settings, status], api_visibility="private")
-    return {"prompt": prompt, "settings_json": json}
+    return {"prompt": prompt, "negative": negative, "width": width, "height": height, "frames": frames, "fps": fps,
+            "seed": seed, "model": model, "tier": tier, "schedule": schedule, "steps": steps, "cfg": cfg}
