@@ -201,6 +201,7 @@ def validate_lora(lora: LoraFile, transformer) -> None:
     modules = dict(transformer.named_modules())
     for mod in lora.modules:
         target = modules.get(to_diffusers_module(mod))
+        target = getattr(target, "base_layer", target)  # a module PEFT already wrapped (another LoRA is loaded)
         key = f"{PREFIX}{mod}.lora_A.weight"
         if target is None or not isinstance(target, torch.nn.Linear):
             raise UserError(f"{name}: {key} targets {mod}, which is not a Linear layer of the loaded model "

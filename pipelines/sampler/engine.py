@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -67,6 +68,21 @@ def _fit_image(img: np.ndarray, width: int, height: int) -> np.ndarray:
     return out[0]
 
 
+def _isolate_video_from_audio(transformer) -> None:
+    """Video-only runs carry one dummy audio token; without isolate_modalities=True the pipeline's main pass lets
+    information flow reference -> audio token (v2a) -> target (a2v), so strength 0 / a hard mask would not remove
+    the reference (SPEC.md 5). Force isolation on every forward. Idempotent."""
+    if getattr(transformer, "_iclora_isolated", False):
+        return
+
+    def pre_hook(module, args, kwargs):
+        kwargs["isolate_modalities"] = True
+        return args, kwargs
+
+    transformer.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    transformer._iclora_isolated = True
+
+
 class Engine:
     """Generation on one loaded model. Not thread-safe: the job system runs one GPU job at a time."""
 
@@ -74,6 +90,7 @@ class Engine:
         self.m = loaded
         self._adapters: dict[tuple[str, float], str] = {}
         self._proj = None
+        _isolate_video_from_audio(loaded.pipe.transformer)
 
     # ---- LoRAs ----
     def _module_names(self) -> set[str]:
@@ -97,7 +114,8 @@ class Engine:
         for lf in files:
             key = (lf.path, Path(lf.path).stat().st_mtime)
             if key not in self._adapters:
-                name = f"lora{len(self._adapters)}"
+                # unique per model, not per Engine: other engines (a trainer's validation sampler) share it
+                name = f"lora{len(self._adapters)}_{uuid.uuid4().hex[:8]}"
                 pipe.load_lora_weights(dict(lf.tensors), adapter_name=name)
                 self._adapters[key] = name
             names.append(self._adapters[key])
@@ -232,7 +250,8 @@ class Engine:
 
         common = dict(prompt=req.prompt, negative_prompt=req.negative_prompt or "", num_frames=req.frames,
                       frame_rate=float(req.fps), max_sequence_length=m.max_sequence_length, generator=gen,
-                      stg_scale=0.0, modality_scale=1.0, audio_guidance_scale=1.0, return_dict=False)
+                      stg_scale=0.0, modality_scale=1.0, audio_guidance_scale=1.0, audio_stg_scale=0.0,
+                      audio_modality_scale=1.0, return_dict=False)
         if req.schedule == Schedule.DISTILLED:
             pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
                 pipe.scheduler.config, use_dynamic_shifting=False, shift=1.0, shift_terminal=None)

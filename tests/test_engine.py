@@ -1,0 +1,243 @@
+"""The IC-LoRA engine on the tiny model (issue 3 acceptance): reference attention strength / mask correctness,
+reference tokens cut before decode, reproducibility, image + control, two-stage, and the generate CLI."""
+from __future__ import annotations
+
+import contextlib
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pipelines.errors import UserError  # noqa: E402
+from pipelines.requests import ControlInput, GenerateRequest  # noqa: E402
+from tests.helpers import synthetic_video  # noqa: E402
+from tests.test_attention import DenseMaskProcessor  # noqa: E402
+
+W, H, F = 64, 64, 9  # D=1: 2x2 latent, 2 latent frames -> 8 target + 8 reference tokens
+
+
+@pytest.fixture(scope="module")
+def controls(tmp_path_factory):
+    d = tmp_path_factory.mktemp("controls")
+    return {
+        "a": str(synthetic_video(d / "a.mp4", frames=F, width=W, height=H, seed=1)),
+        "b": str(synthetic_video(d / "b.mp4", frames=F, width=W, height=H, seed=2)),
+    }
+
+
+@contextlib.contextmanager
+def decoded(model):
+    """Capture the VAE decoder's float input (latents after the reference was cut) and output (the video)."""
+    seen = {}
+
+    def hook(mod, args, out):
+        seen["latents"] = args[0].detach().clone()
+        seen["video"] = (out[0] if isinstance(out, tuple) else out).detach().clone()
+
+    h = model.pipe.vae.decoder.register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        h.remove()
+
+
+@contextlib.contextmanager
+def attn1_processor(model, proc):
+    blocks = model.pipe.transformer.transformer_blocks
+    old = [b.attn1.processor for b in blocks]
+    for b in blocks:
+        b.attn1.set_processor(proc)
+    try:
+        yield
+    finally:
+        for b, p in zip(blocks, old):
+            b.attn1.set_processor(p)
+
+
+def req_for(control: str | None, strength: float = 1.0, **kw) -> GenerateRequest:
+    base = dict(prompt="a red ball rolling", width=W, height=H, frames=F, fps=24.0, seed=7,
+                controls=[ControlInput(control)] if control else [], attention_strength=strength)
+    base.update(kw)
+    return GenerateRequest(**base)
+
+
+def run(engine, req, proc=None):
+    with contextlib.ExitStack() as stack:
+        if proc is not None:
+            stack.enter_context(attn1_processor(engine.m, proc))
+        seen = stack.enter_context(decoded(engine.m))
+        res = engine.generate(req, write=False, previews=False)
+    return seen["video"], res, seen
+
+
+def test_strength_one_equals_unmasked_path_exactly(tiny_engine, controls):
+    from diffusers.models.transformers.transformer_ltx2 import LTX2PerturbedAttnProcessor
+
+    ours, _, _ = run(tiny_engine, req_for(controls["a"], 1.0))
+    assert tiny_engine.m.bias_state.calls == 0
+    stock, _, _ = run(tiny_engine, req_for(controls["a"], 1.0), LTX2PerturbedAttnProcessor())
+    assert torch.equal(ours, stock)
+
+
+def test_strength_zero_equals_hard_masked_reference(tiny_engine, controls):
+    ours, _, _ = run(tiny_engine, req_for(controls["a"], 0.0))
+    assert tiny_engine.m.bias_state.calls == 8 * 2  # biased attn1 in both layers, one model pass per step
+    assert tiny_engine.m.bias_state.log_w is None  # cleared after the run
+    dense, _, _ = run(tiny_engine, req_for(controls["a"], 0.0), DenseMaskProcessor(8, torch.zeros(8)))
+    assert (ours - dense).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("strength", [0.5, 0.1])
+def test_fractional_strength_matches_dense_log_bias(tiny_engine, controls, strength):
+    ours, _, _ = run(tiny_engine, req_for(controls["a"], strength))
+    dense, _, _ = run(tiny_engine, req_for(controls["a"], strength), DenseMaskProcessor(8, torch.full((8,), strength)))
+    assert (ours - dense).abs().max().item() < 1e-5
+    # and it is not the diffusers 0.42.1 behaviour (fractional strength == hard mask)
+    hard, _, _ = run(tiny_engine, req_for(controls["a"], 0.0))
+    assert (ours - hard).abs().max().item() > 1e-3
+
+
+def test_reference_influence_shrinks_with_strength(tiny_engine, controls):
+    influence = []
+    for s in (1.0, 0.5, 0.1, 0.0):
+        a, _, _ = run(tiny_engine, req_for(controls["a"], s))
+        b, _, _ = run(tiny_engine, req_for(controls["b"], s))
+        influence.append((a - b).abs().mean().item())
+    assert influence[0] > influence[1] > influence[2] > influence[3], influence
+    assert influence[0] > 1e-3
+
+
+def test_output_never_contains_the_control(tiny_engine, tmp_path):
+    """A white / black checkerboard control at D=1: the decoded tensor has exactly the target's latent grid and
+    frame count; the output is not the control."""
+    from pipelines.video_io import write_video
+
+    board = np.zeros((F, H, W, 3), np.uint8)
+    board[:, ::16] = 255
+    board[:, :, ::16] = 255
+    ctrl = write_video(tmp_path / "board.mp4", board, 24.0)
+    video, res, seen = run(tiny_engine, req_for(str(ctrl), 1.0, width=96))
+    assert seen["latents"].shape[2:] == (2, H // 32, 96 // 32)  # target latent grid only, no reference tokens
+    assert res.frames.shape == (F, H, 96, 3)
+    assert video.shape[2:] == (F, H, 96)
+    diff = np.abs(res.frames[:, :, :W].astype(int) - board.astype(int)).mean()
+    assert diff > 40
+
+
+def test_same_seed_same_frames_and_different_seed_differs(tiny_engine, controls):
+    r1 = tiny_engine.generate(req_for(controls["a"], 0.5), write=False, previews=False)
+    r2 = tiny_engine.generate(req_for(controls["a"], 0.5), write=False, previews=False)
+    r3 = tiny_engine.generate(req_for(controls["a"], 0.5, seed=8), write=False, previews=False)
+    assert np.array_equal(r1.frames, r2.frames)
+    assert not np.array_equal(r1.frames, r3.frames)
+
+
+def test_mask_left_half_zero_gives_zero_weights_left(tiny_engine, tmp_path):
+    ctrl = synthetic_video(tmp_path / "c.mp4", frames=F, width=128, height=64, seed=3)
+    mask = np.ones((64, 128), np.float32)
+    mask[:, :64] = 0.0
+    np.save(tmp_path / "m.npy", mask)
+    req = req_for(str(ctrl), 0.8, width=128, mask=str(tmp_path / "m.npy"))
+    refs = tiny_engine.prepare_references(req.validate(), 1, 128, 64)
+    w = refs.weights.reshape(2, 2, 4)
+    assert torch.all(w[..., :2] == 0) and torch.allclose(w[..., 2:], torch.tensor(0.8))
+    # end to end: the masked run equals the dense reference with those weights
+    ours, _, _ = run(tiny_engine, req)
+    dense, _, _ = run(tiny_engine, req, DenseMaskProcessor(16, refs.weights))
+    assert (ours - dense).abs().max().item() < 1e-5
+
+
+def test_image_and_control_together(tiny_engine, controls, tmp_path):
+    import cv2
+
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[:, :32] = (255, 0, 0)
+    cv2.imwrite(str(tmp_path / "first.png"), img)
+    res = tiny_engine.generate(req_for(controls["a"], 0.5, image=str(tmp_path / "first.png")), write=False,
+                               previews=False)
+    plain = tiny_engine.generate(req_for(controls["a"], 0.5), write=False, previews=False)
+    assert res.frames.shape == (F, H, W, 3)
+    assert not np.array_equal(res.frames, plain.frames)
+
+
+def test_progress_previews_and_cancel(tiny_engine, controls):
+    from pipelines.errors import Cancelled
+
+    events = []
+    tiny_engine.generate(req_for(controls["a"]), write=False, on_step=events.append, previews=True)
+    assert [e.step for e in events] == list(range(1, 9)) and events[-1].total == 8
+    assert events[0].preview is not None and events[0].preview.dtype == np.uint8
+    with pytest.raises(Cancelled):
+        tiny_engine.generate(req_for(controls["a"]), write=False, previews=False, should_cancel=lambda: True)
+    assert tiny_engine.m.bias_state.log_w is None
+
+
+def test_two_stage_returns_target_size(tiny_engine, tmp_path):
+    ctrl = synthetic_video(tmp_path / "c.mp4", frames=F, width=64, height=64, seed=4)
+    res = tiny_engine.generate(req_for(str(ctrl), 0.5, width=128, height=128, stages=2), write=False,
+                               previews=False)
+    assert res.frames.shape == (F, 128, 128, 3)
+    keep = tiny_engine.generate(req_for(str(ctrl), 0.5, width=128, height=128, stages=2, stage2_keep_ic=True),
+                                write=False, previews=False)
+    assert keep.frames.shape == (F, 128, 128, 3)
+
+
+def test_size_not_multiple_of_32d_refused(tiny_engine, controls):
+    with pytest.raises(UserError, match="multiple of"):
+        tiny_engine.prepare_references(req_for(controls["a"]).validate(), 2, 96, 64)
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+@pytest.fixture
+def cli_uses_session_model(monkeypatch, tiny_model):
+    """EngineService normally builds its own tiny model; reuse the session one (saves ~10 s)."""
+    import pipelines.models.loader as loader
+
+    class _Cache:
+        def get(self, spec, tier=None):
+            assert spec.is_tiny
+            return tiny_model
+
+    monkeypatch.setattr(loader, "default_cache", lambda: _Cache())
+
+
+def test_cli_generate_writes_mp4_and_sidecar(cli_uses_session_model, controls, tmp_path, capsys):
+    from pipelines.cli import main
+    from pipelines.video_io import probe
+
+    out = tmp_path / "out" / "gen.mp4"
+    code = main(["generate", "--prompt", "a red ball", "--control", controls["a"], "--attention-strength", "0.5",
+                 "--width", "96", "--height", "64", "--frames", "9", "--fps", "12", "--seed", "3", "--model", "tiny",
+                 "--out", str(out)])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["video"] == str(out)
+    info = probe(out)
+    assert (info.width, info.height, info.frames) == (96, 64, 9) and abs(info.fps - 12) < 1e-6
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["request"]["attention_strength"] == 0.5 and side["request"]["seed"] == 3
+    assert side["tiny_model"] is True
+    # the sidecar reproduces the request
+    assert GenerateRequest.from_json_file(out.with_suffix(".json")).controls[0].path == controls["a"]
+
+
+def test_cli_generate_bad_frames_exit_2(cli_uses_session_model, tmp_path, capsys):
+    from pipelines.cli import main
+
+    code = main(["generate", "--prompt", "x", "--frames", "117", "--width", "64", "--height", "64", "--model", "tiny",
+                 "--out", str(tmp_path / "x.mp4")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "117" in err and "113" in err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_cli_models_lists_tiny(capsys):
+    from pipelines.cli import main
+
+    assert main(["models"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert any(r["name"] == "tiny" and r["ready"] for r in rows)
