@@ -300,3 +300,24 @@ def load_reference(assignment: ReferenceAssignment, frames: int = 1, size: tuple
             raise UserError(f"frame {assignment.frame} of {assignment.source} could not be decoded")
         img = crop(imgs[0], assignment.box or crop_box(info.width, info.height, None), size)
     return still_to_video(img, frames)
+
+
+def write_reference_crops(report: DatasetReport, folder: str | os.PathLike, *, seed: int = 0,
+                          overrides: Mapping[str, str | os.PathLike] | None = None) -> list[tuple[str, str]]:
+    """Assign references (as training will) and save each as folder/<clip stem>.png (atomic writes), for a UI
+    to show. Returns [(png path, caption "target <- source (frame n): why")]."""
+    import cv2
+
+    out_dir = Path(folder)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items = []
+    for name, a in assign_references(report, seed=seed, overrides=overrides or None).items():
+        png = out_dir / f"{Path(name).stem}.png"
+        tmp = png.with_name(f".{png.stem}.tmp.png")
+        cv2.imwrite(str(tmp), cv2.cvtColor(load_reference(a, frames=1)[0], cv2.COLOR_RGB2BGR))
+        os.replace(tmp, png)
+        why = "; ".join(a.reasons[:2])
+        items.append((str(png), f"{name} \u2190 {a.source}" + (f" (frame {a.frame})" if a.frame is not None else "")
+                      + (f": {why}" if why else "")))
+    return items
+
