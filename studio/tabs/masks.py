@@ -1,0 +1,395 @@
+"""Mask painter tab: paint (or shape) an attention mask over a frame of the clip, keyframe it in time, see it at
+pixel resolution AND as the model sees it (one weight per latent token), and hand it to the generators.
+
+The painting is the alpha of the ImageMask's layer (GRADIO.md); keyframes are target-size masks kept in a
+gr.State; pipelines.mask_ui / pipelines.masks do all the math. "Use this mask" writes the REFERENCE-size mask
+(F, H/D, W/D) float32 .npy into the user's outputs folder and puts its path in the shared "mask" state.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from pipelines import mask_ui, masks
+from pipelines.errors import UserError
+from studio.ui import guard, progress_html
+
+TITLE = "Mask painter"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+KEY_HEADERS = ["frame", "painted", "mean"]
+
+
+# ----------------------------------------------------------------------------------------------- plain handlers
+# Module-level and gradio-free in their arguments, so tests call them directly.
+
+def _target(width, height, frames, downscale=1) -> tuple[int, int, int, int]:
+    try:
+        w, h, f, d = int(width), int(height), int(frames), int(downscale)
+    except (TypeError, ValueError):
+        raise UserError("width, height, frames and D must be whole numbers") from None
+    masks.reference_pixel_size(h, w, d)  # multiples of 32*D, with a clear message
+    if f < 1 or (f - 1) % 8:
+        raise UserError(f"frames is {f}; it must be 8n+1 (9, 17, ..., 121) so the mask maps onto latent frames")
+    return w, h, f, d
+
+
+def source_frame_count(source: str | None) -> int:
+    if not source:
+        return 1
+    if Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        return 1
+    from pipelines.video_io import probe
+
+    return probe(source).frames
+
+
+def read_frame(source: str | None, t: int, width: int, height: int) -> np.ndarray:
+    """Frame t of the clip (or the image, or a blank checker) fitted to the target size, uint8 RGB."""
+    if not source:
+        return mask_ui.blank_frame(width, height)
+    if Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        import cv2
+
+        img = cv2.imread(str(source), cv2.IMREAD_COLOR)
+        if img is None:
+            raise UserError(f"cannot read the image {Path(source).name}; upload a PNG or JPEG")
+        return mask_ui.fit_frame(img[..., ::-1], width, height)
+    from pipelines.video_io import read_video
+
+    frames, _ = read_video(source, max_frames=int(t) + 1)
+    return mask_ui.fit_frame(frames[min(int(t), len(frames) - 1)], width, height)
+
+
+def read_frames(source: str | None, frames: int, width: int, height: int) -> np.ndarray:
+    """(frames, H, W, 3) of the clip at the target size, the last frame held when the clip is shorter."""
+    if not source or Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        one = read_frame(source, 0, width, height)
+        return np.repeat(one[None], frames, axis=0)
+    from pipelines.video_io import read_video, resize_cover_crop
+
+    clip, _ = read_video(source, max_frames=frames)
+    idx = np.minimum(np.arange(frames), len(clip) - 1)
+    out, _ = resize_cover_crop(clip, width, height, indices=idx)
+    return out
+
+
+def load_frame(source, t, width, height, keys, editor) -> dict:
+    """The editor value for frame t: its keyframe mask if one is set there, else the current painting."""
+    w, h = int(width), int(height)
+    frame = read_frame(source, int(t), w, h)
+    keys = keys or {}
+    alpha = keys[int(t)] if int(t) in keys else mask_ui.alpha_from_editor(editor, w, h)
+    return mask_ui.editor_value(frame, alpha, mask_ui.editor_scale(w, h))
+
+
+def _background(editor, width, height) -> np.ndarray:
+    """The editor's background back at the target size (for re-showing it with a new layer)."""
+    bg = (editor or {}).get("background")
+    if bg is None:
+        return mask_ui.blank_frame(width, height)
+    bg = np.asarray(bg)
+    return mask_ui.fit_frame(bg[..., :3], width, height)
+
+
+def add_shape(editor, kind, x, y, w, h, value, width, height) -> dict:
+    W, H = int(width), int(height)
+    shape = mask_ui.shape_from_box(kind, float(x), float(y), float(w), float(h), float(value))
+    alpha = mask_ui.paint_shapes(mask_ui.alpha_from_editor(editor, W, H), [shape])
+    return mask_ui.editor_value(_background(editor, W, H), alpha, mask_ui.editor_scale(W, H))
+
+
+def clear_paint(editor, width, height) -> dict:
+    W, H = int(width), int(height)
+    return mask_ui.editor_value(_background(editor, W, H), np.zeros((H, W), np.float32), mask_ui.editor_scale(W, H))
+
+
+def set_keyframe(editor, keys, t, width, height, frames) -> tuple[dict, list]:
+    W, H, F, _ = _target(width, height, frames)
+    t = int(t)
+    if not 0 <= t < F:
+        raise UserError(f"frame {t} is outside the mask's {F} frames (0..{F - 1})")
+    keys = dict(keys or {})
+    keys[t] = mask_ui.alpha_from_editor(editor, W, H)
+    return keys, keyframe_table(keys)
+
+
+def remove_keyframe(keys, t) -> tuple[dict, list]:
+    keys = dict(keys or {})
+    if int(t) not in keys:
+        raise UserError(f"there is no keyframe at frame {int(t)}; keyframes: "
+                        f"{', '.join(str(k) for k in sorted(keys)) or 'none'}")
+    del keys[int(t)]
+    return keys, keyframe_table(keys)
+
+
+def keyframe_table(keys) -> list:
+    return [r.as_list() for r in mask_ui.keyframe_rows(keys or {})]
+
+
+def compute(editor, keys, width, height, frames, downscale, strength, fade_in, fade_out, invert, feather):
+    """(spec, pixel mask at target (F,H,W), reference mask (F,H/D,W/D), latent weights x strength (f,h,w))."""
+    W, H, F, D = _target(width, height, frames, downscale)
+    spec = mask_ui.build_spec(W, H, F, keys, mask_ui.alpha_from_editor(editor, W, H), strength=float(strength),
+                              fade_in=int(fade_in or 0), fade_out=int(fade_out or 0), invert=bool(invert),
+                              feather=float(feather or 0))
+    pixels, reference = mask_ui.reference_mask(spec, D)
+    weights = masks.latent_weights(reference) * np.float32(spec.strength)
+    return spec, pixels, reference, weights
+
+
+def preview(source, editor, keys, t, width, height, frames, downscale, strength, fade_in, fade_out, invert, feather):
+    """(pixel overlay, latent overlay, latent weights table, summary markdown) at frame t."""
+    spec, pixels, reference, weights = compute(editor, keys, width, height, frames, downscale, strength, fade_in,
+                                               fade_out, invert, feather)
+    t = min(max(int(t), 0), spec.frames - 1)
+    frame = read_frame(source, t, spec.width, spec.height)
+    scale = mask_ui.editor_scale(spec.width, spec.height, min_long_side=384)
+    lt = mask_ui.latent_frame_index(t)
+    pix = mask_ui.pixel_overlay(frame, pixels[t], scale)
+    lat = mask_ui.latent_overlay(frame, weights[lt], scale)
+    f, lh, lw = weights.shape
+    note = (f"Frame {t} → latent frame {lt} of {f}. Reference {reference.shape[2]}x{reference.shape[1]} px "
+            f"(D={int(downscale)}) → {lw}x{lh} tokens per latent frame. Weights = strength {spec.strength:g} × "
+            f"area average; mean {float(weights.mean()):.3f}. "
+            + ("Keyframes: " + ", ".join(str(k) for k in sorted(keys)) if keys else
+               "No keyframes: the current painting is used for every frame."))
+    return pix, lat, mask_ui.weights_table(weights[lt]), note
+
+
+def save_mask(editor, keys, width, height, frames, downscale, strength, fade_in, fade_out, invert, feather,
+              out_dir: str | Path) -> tuple[str, str]:
+    """Write the REFERENCE-size mask (F,H/D,W/D) float32 .npy into out_dir; (path, summary markdown)."""
+    spec, _, reference, weights = compute(editor, keys, width, height, frames, downscale, strength, fade_in,
+                                          fade_out, invert, feather)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"mask-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 1_000_000:06d}.npy"
+    masks.save_npy(np.ascontiguousarray(reference, dtype=np.float32), path)
+    s = masks.summary(reference)
+    md = (f"Saved **{path.name}**: {s['shape'][0]} frames × {s['shape'][1]}×{s['shape'][2]} px (reference size, "
+          f"D={int(downscale)}), mean {s['mean']:.3f}. Attention strength {spec.strength:g} goes with the request. "
+          f"The generators use it now.")
+    return str(path), md
+
+
+def control_clip(source, frames, width, height, downscale, out_dir) -> str:
+    """The control (reference) clip for a quick generation: the user's video as is (the engine conforms it), or
+    the image / blank frame held for `frames` frames at the reference size."""
+    if source and Path(source).suffix.lower() not in IMAGE_SUFFIXES:
+        return str(source)
+    from pipelines.video_io import write_video
+
+    rh, rw = masks.reference_pixel_size(int(height), int(width), int(downscale))
+    clip = read_frames(source, int(frames), rw, rh)
+    path = Path(out_dir) / f"control-{time.time_ns()}.mp4"
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_video(path, clip, 24.0)
+    return str(path)
+
+
+def generate_request(prompt, mask_path, control, width, height, frames, strength, model="tiny", lora=None,
+                     seed=0) -> dict:
+    """The "generate" job request for a painted mask: control clip + mask + attention strength."""
+    from pipelines.requests import ControlInput, GenerateRequest, LoraSpec
+
+    if isinstance(lora, dict):  # the shared "lora" hand-off (Face trainer) carries the path and its reference
+        lora = lora.get("path")
+    req = GenerateRequest(prompt=prompt or "", model=model, width=int(width), height=int(height),
+                          frames=int(frames), fps=24.0, seed=int(seed), controls=[ControlInput(path=str(control))],
+                          mask=str(mask_path), attention_strength=float(strength),
+                          loras=[LoraSpec(path=str(lora))] if lora else [])
+    return req.validate().to_dict()
+
+
+# ----------------------------------------------------------------------------------------------- the tab
+
+def _user_dir(ctx, request, sub: str) -> Path:
+    from studio.security import user_outputs_dir
+
+    return user_outputs_dir(ctx.outputs_dir, ctx.owner(request)) / sub
+
+
+def build(ctx):
+    shared = getattr(ctx, "shared", {}) or {}
+    clip_state = shared.get("clip")
+    mask_state = shared.get("mask")
+    lora_state = shared.get("lora")
+    tiny = ctx.config.model == "tiny"
+    w0, h0, f0 = (96, 64, 9) if tiny else (768, 512, 121)
+
+    source = gr.State(None)
+    keys = gr.State({})
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                upload = gr.File(label="Clip or image to paint on (optional)", file_types=["image", "video"],
+                                 type="filepath", height=90, elem_id="mask-upload")
+                with gr.Column(min_width=160):
+                    use_clip = gr.Button("Use the studio's clip", size="sm")
+                    src_note = gr.Markdown("No clip: painting on a blank frame.", elem_id="mask-src-note")
+            with gr.Row():
+                frame = gr.Slider(0, f0 - 1, value=0, step=1, label="Frame", elem_id="mask-frame", scale=4)
+                load = gr.Button("Load frame", elem_id="mask-load", scale=1)
+            editor = gr.ImageMask(type="numpy", layers=False, format="png", label="Paint the mask (white = control "
+                                  "applies). Brush and eraser; feather softens it.", image_mode="RGBA",
+                                  sources=["upload"], transforms=(), elem_id="mask-editor",
+                                  brush=gr.Brush(colors=["#ff3355"], color_mode="fixed", default_size=24),
+                                  eraser=gr.Eraser(default_size=24), canvas_size=(576, 384), height=460)
+            with gr.Accordion("Shapes (by numbers, target pixels)", open=False):
+                with gr.Row():
+                    kind = gr.Radio(["rect", "ellipse"], value="rect", label="Shape")
+                    sx = gr.Number(0, label="x", precision=1)
+                    sy = gr.Number(0, label="y", precision=1)
+                    sw = gr.Number(w0 // 2, label="width", precision=1)
+                    sh = gr.Number(h0 // 2, label="height", precision=1)
+                    sval = gr.Slider(0, 1, value=1, step=0.05, label="Value (0 cuts a hole)")
+                with gr.Row():
+                    add = gr.Button("Add shape", size="sm")
+                    clear = gr.Button("Clear painting", size="sm")
+            with gr.Row():
+                set_key = gr.Button("Set keyframe at this frame", variant="secondary", elem_id="mask-setkey")
+                del_key = gr.Button("Remove keyframe at this frame", elem_id="mask-delkey")
+            key_table = gr.Dataframe(headers=KEY_HEADERS, value=[], interactive=False, label="Keyframes "
+                                     "(interpolated linearly; held before the first and after the last)",
+                                     elem_id="mask-keys", max_height=160)
+        with gr.Column(scale=2):
+            with gr.Row():
+                width = gr.Number(w0, label="Target width", precision=0, minimum=32, step=32)
+                height = gr.Number(h0, label="Target height", precision=0, minimum=32, step=32)
+                frames = gr.Number(f0, label="Frames (8n+1)", precision=0, minimum=1, step=8)
+                down = gr.Dropdown([1, 2], value=1, label="D (reference downscale)")
+            with gr.Row():
+                fade_in = gr.Number(0, label="Fade in (frames)", precision=0, minimum=0)
+                fade_out = gr.Number(0, label="Fade out (frames)", precision=0, minimum=0)
+                feather = gr.Slider(0, 32, value=0, step=0.5, label="Feather (px)")
+            with gr.Row():
+                strength = gr.Slider(0, 1, value=1, step=0.05, label="Attention strength", elem_id="mask-strength")
+                invert = gr.Checkbox(False, label="Invert")
+            show = gr.Button("Update preview", elem_id="mask-preview-btn")
+            with gr.Row():
+                pix_img = gr.Image(label="Mask over the frame (pixels)", format="png", interactive=False,
+                                   elem_id="mask-pix", height=200)
+                lat_img = gr.Image(label="What the model sees (one weight per latent token)", format="png",
+                                   interactive=False, elem_id="mask-lat", height=200)
+            weights_df = gr.Dataframe(label="Latent weights, this frame (rows × columns of tokens)",
+                                      interactive=False, elem_id="mask-weights", max_height=180)
+            note = gr.Markdown(elem_id="mask-note")
+            with gr.Row():
+                render = gr.Button("Play preview (video)", size="sm")
+                use = gr.Button("Use this mask", variant="primary", elem_id="mask-use")
+            play = gr.Video(label="Preview: pixels | latent tokens", interactive=False, height=180,
+                            elem_id="mask-play")
+            npy_file = gr.File(label="Download mask (.npy)", interactive=False, elem_id="mask-file")
+            saved = gr.Markdown(elem_id="mask-saved")
+            with gr.Accordion("Generate with this mask", open=False):
+                prompt = gr.Textbox("a person dancing on a stage, spotlight", label="Prompt", lines=2,
+                                    elem_id="mask-prompt")
+                gen = gr.Button("Generate with this mask", variant="primary", elem_id="mask-gen")
+                progress = gr.HTML(progress_html(0, "no job yet", "idle"), elem_id="mask-progress")
+                gen_video = gr.Video(label="Result", interactive=False, elem_id="mask-gen-video")
+                gen_status = gr.Markdown()
+    job_id = gr.BrowserState(None, storage_key="iclora-masks-job")
+    timer = gr.Timer(1.0)
+
+    params = [editor, keys, width, height, frames, down, strength, fade_in, fade_out, invert, feather]
+
+    # ---- source ----
+    @guard
+    def on_upload(path):
+        n = source_frame_count(path)
+        name = Path(path).name if path else None
+        md = (f"Painting on **{name}** ({n} frame{'s' if n != 1 else ''}; frames past its end hold the last one)."
+              if path else "No clip: painting on a blank frame.")
+        return path, md
+
+    upload.change(on_upload, upload, [source, src_note], api_visibility="private")
+
+    def on_frames(f):
+        try:
+            n = max(int(f), 2)
+        except (TypeError, ValueError):
+            return gr.update()
+        return gr.update(maximum=n - 1)
+
+    frames.change(on_frames, frames, frame, api_visibility="private", show_progress="hidden")
+
+    @guard
+    def on_use_clip(clip):
+        if not clip:
+            raise UserError("no studio clip yet: load one in the Union or Motion tracks tab, or upload one here")
+        return on_upload(clip)
+
+    if clip_state is not None:
+        use_clip.click(on_use_clip, clip_state, [source, src_note], api_visibility="private")
+    else:
+        use_clip.visible = False
+
+    load.click(guard(load_frame), [source, frame, width, height, keys, editor], editor, api_visibility="private")
+
+    # ---- painting ----
+    add.click(guard(add_shape), [editor, kind, sx, sy, sw, sh, sval, width, height], editor, api_visibility="private")
+    clear.click(guard(clear_paint), [editor, width, height], editor, api_visibility="private")
+    set_key.click(guard(set_keyframe), [editor, keys, frame, width, height, frames], [keys, key_table],
+                  api_visibility="private")
+    del_key.click(guard(remove_keyframe), [keys, frame], [keys, key_table], api_visibility="private")
+
+    # ---- preview ----
+    pv_inputs = [source, editor, keys, frame, width, height, frames, down, strength, fade_in, fade_out, invert, feather]
+    show.click(guard(preview), pv_inputs, [pix_img, lat_img, weights_df, note], api_visibility="private")
+    for comp in (strength, invert, fade_in, fade_out, down):
+        comp.change(guard(preview), pv_inputs, [pix_img, lat_img, weights_df, note], api_visibility="private",
+                    show_progress="hidden")
+    set_key.click(guard(preview), pv_inputs, [pix_img, lat_img, weights_df, note], api_visibility="private",
+                  show_progress="hidden")
+
+    @guard
+    def on_render(src, editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_, fade_out_, invert_, feather_, request: gr.Request):
+        spec, pixels, _, weights = compute(editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_, fade_out_, invert_, feather_)
+        from pipelines.video_io import write_video
+
+        strip = mask_ui.preview_strip(read_frames(src, spec.frames, spec.width, spec.height), pixels, weights)
+        out = _user_dir(ctx, request, "masks") / f"preview-{time.time_ns()}.mp4"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_video(out, strip, 12.0)
+        return str(out)
+
+    render.click(on_render, [source] + params, play, api_visibility="private")
+
+    # ---- hand-off ----
+    @guard
+    def on_use(editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_, fade_out_, invert_, feather_, request: gr.Request):
+        path, md = save_mask(editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_, fade_out_, invert_, feather_, out_dir=_user_dir(ctx, request, "masks"))
+        return path, path, md
+
+    use.click(on_use, params, [mask_state if mask_state is not None else gr.State(), npy_file, saved],
+              api_visibility="private")
+
+    @guard
+    def on_generate(prompt, src, lora, editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_, fade_out_, invert_, feather_, request: gr.Request):
+        out_dir = _user_dir(ctx, request, "masks")
+        path, md = save_mask(editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_, fade_out_, invert_, feather_, out_dir=out_dir)
+        if int(down_) != 1 and not lora:
+            raise UserError(f"D={int(down_)} needs an IC-LoRA with that reference downscale factor: pick one in the "
+                            "Models or Train tab first, or set D to 1 for a run without a LoRA")
+        control = control_clip(src, frames_, width_, height_, down_, out_dir)
+        req = generate_request(prompt, path, control, width_, height_, frames_, strength_, model=ctx.config.model,
+                               lora=lora)
+        jid = ctx.submit(ctx.owner(request), "generate", req)
+        return jid, path, path, md, progress_html(0, "queued", "queued")
+
+    gen.click(on_generate, [prompt, source, lora_state if lora_state is not None else gr.State()] + params,
+              [job_id, mask_state if mask_state is not None else gr.State(), npy_file, saved, progress],
+              api_visibility="private")
+
+    def poll(jid, request: gr.Request):
+        from studio.tabs.generate import job_view
+
+        prog, _, video, _, status = job_view(ctx, jid, request)
+        return prog, video, status
+
+    timer.tick(guard(poll), job_id, [progress, gen_video, gen_status], api_visibility="private",
+               show_progress="hidden")
+    return {"editor": editor}
