@@ -16,6 +16,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+if os.environ.get("SYSTEM") == "spaces" and os.environ.get("SPACES_ZERO_GPU", "").lower() == "true":
+    import spaces  # noqa: F401  ZeroGPU needs this imported before anything initialises CUDA
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="IC-LoRA Studio for LTX-2.3")

@@ -9,6 +9,7 @@ import gradio as gr
 
 from pipelines.models.tiny import TINY_MODEL_NOTICE
 from studio.context import StudioConfig, StudioContext, build_context
+from studio.routes import install_owner_checks, install_path_checks
 from studio.tabs import TABS
 from studio.ui import CSS, guard
 
@@ -45,56 +46,16 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
                 ctx.registered.add(name)
             with gr.Tab(mod.TITLE, id=name):
                 ctx.tabs.append((name, mod.build(ctx)))
-        _api(ctx)
+        from studio.api import install_api
+
+        install_api(ctx)
     return demo
-
-
-def _api(ctx: StudioContext) -> None:
-    """Named endpoints for gradio_client: submit / status / cancel / wait, same request dicts as the UI."""
-    from pipelines.requests import GenerateRequest
-
-    @guard
-    def generate(request: dict, req: gr.Request) -> str:
-        """Submit a generation (a GenerateRequest dict); returns the job id."""
-        body = GenerateRequest.from_dict(request).validate()
-        return ctx.jobs.submit(ctx.owner(req), "generate", body.to_dict())
-
-    @guard
-    def job(job_id: str, req: gr.Request) -> dict:
-        """A job's status, progress, result and error."""
-        return ctx.jobs.get(job_id, ctx.owner(req)).to_dict()
-
-    @guard
-    def wait(job_id: str, timeout: float, req: gr.Request) -> dict:
-        """Block until the job ends (or timeout seconds) and return it."""
-        owner = ctx.owner(req)
-        ctx.jobs.get(job_id, owner)
-        return ctx.jobs.wait(job_id, timeout=float(timeout), owner=owner).to_dict()
-
-    @guard
-    def cancel(job_id: str, req: gr.Request) -> bool:
-        """Cancel a job you own."""
-        return ctx.jobs.cancel(job_id, ctx.owner(req))
-
-    @guard
-    def jobs(limit: int, req: gr.Request) -> list:
-        """Your jobs, newest first."""
-        return [j.to_dict() for j in ctx.jobs.list(ctx.owner(req), limit=int(limit))]
-
-    @guard
-    def models() -> list:
-        """Model registry status."""
-        from pipelines.models.registry import discover
-
-        return [s.to_dict() for s in discover(ctx.models_dir)]
-
-    for fn in (generate, job, wait, cancel, jobs, models):
-        gr.api(fn, api_name=fn.__name__)
 
 
 def launch(config: StudioConfig, prevent_thread_lock: bool = False, quiet: bool = False):
     ctx = build_context(config)
     demo = build_app(ctx)
+    install_path_checks(ctx)  # every job's paths are checked against its owner's folders (UI, API, anything)
     auth = None
     if config.auth_file:
         from studio.auth import Authenticator
@@ -105,4 +66,5 @@ def launch(config: StudioConfig, prevent_thread_lock: bool = False, quiet: bool 
     demo.launch(server_name=config.host, server_port=config.port, prevent_thread_lock=prevent_thread_lock,
                 quiet=quiet, css=CSS, auth=auth, allowed_paths=allowed, max_file_size=config.max_file_size,
                 show_error=False, footer_links=["api"])
+    install_owner_checks(demo, ctx)  # file routes: each user reads only their own outputs
     return demo, ctx

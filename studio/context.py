@@ -39,6 +39,7 @@ class StudioContext:
     tabs: list = field(default_factory=list)
     shared: dict = field(default_factory=dict)  # gr.State objects for cross-tab hand-offs (set by studio.app)
     registered: set = field(default_factory=set)  # tabs whose job kinds are registered
+    _zero_gpu_run: object = None  # the spaces.GPU-wrapped runner, made on first use on ZeroGPU
 
     @property
     def outputs_dir(self) -> Path:
@@ -54,6 +55,21 @@ class StudioContext:
 
         user = getattr(request, "username", None) if request is not None else None
         return owner_name(user) if user else LOCAL_OWNER
+
+    def submit(self, owner: str, kind: str, request) -> str:
+        """Submit a job; returns its id. On a ZeroGPU Space the GPU exists only inside a ``@spaces.GPU`` call
+        made by the request itself (not in a worker thread), so there a gpu-lane job runs right here, inside
+        that call (``JobManager.run_now``), and is finished when this returns. Everywhere else: the queue."""
+        from studio.spaces import on_zero_gpu
+
+        spec = self.jobs.kinds.get(kind)
+        if spec is not None and spec.lane.value == "gpu" and on_zero_gpu():
+            if self._zero_gpu_run is None:
+                from studio.spaces import gpu_wrap
+
+                self._zero_gpu_run = gpu_wrap(lambda o, k, r: self.jobs.run_now(o, k, r).id)
+            return self._zero_gpu_run(owner, kind, request)
+        return self.jobs.submit(owner, kind, request)
 
     def allowed_roots(self) -> list[str]:
         roots = [str(self.outputs_dir), str(ASSETS_DIR)]

@@ -5,9 +5,12 @@ The job id lives in gr.BrowserState, so a reloaded or reopened page picks the jo
 """
 from __future__ import annotations
 
+import os
+
 import gradio as gr
 
 from pipelines.requests import GenerateRequest, MemoryTier, Schedule
+from studio.spaces import check_limits, default_limits
 from studio.ui import guard, progress_html
 
 TITLE = "Generate"
@@ -110,7 +113,8 @@ def build(ctx):
             frames=int(frames), fps=float(fps), seed=int(seed), schedule=sched, steps=int(steps) if sched == Schedule.FULL else 8,
             guidance_scale=float(cfg) if sched == Schedule.FULL else 1.0, tier=MemoryTier(tier), image=image or None,
         ).validate()
-        jid = ctx.jobs.submit(ctx.owner(request), "generate", req.to_dict())
+        check_limits(req.to_dict(), default_limits())
+        jid = ctx.submit(ctx.owner(request), "generate", req.to_dict())
         return jid, progress_html(0, "queued", "queued")
 
     go.click(submit, [prompt, negative, image, width, height, frames, fps, model, tier, schedule, steps, cfg, seed],
@@ -129,5 +133,15 @@ def build(ctx):
         return job_view(ctx, jid, request)
 
     cancel.click(do_cancel, job_id, [progress, preview, video, settings, status], api_visibility="private")
-    return {"prompt": prompt, "negative": negative, "width": width, "height": height, "frames": frames, "fps": fps,
+
+    def apply_request(d: dict) -> list:
+        """Values for request_inputs from a past GenerateRequest dict (History's "Reuse settings")."""
+        r = GenerateRequest.from_dict(d)
+        return [r.prompt, r.negative_prompt, r.image if r.image and os.path.isfile(r.image) else None,
+                r.width, r.height, r.frames, r.fps, r.model if r.model in model_choices(ctx) else gr.skip(),
+                r.tier.value, r.schedule.value, r.steps, r.guidance_scale, r.seed]
+
+    return {"request_inputs": [prompt, negative, image, width, height, frames, fps, model, tier, schedule, steps,
+                               cfg, seed],
+            "apply_request": apply_request,"prompt": prompt, "negative": negative, "width": width, "height": height, "frames": frames, "fps": fps,
             "seed": seed, "model": model, "tier": tier, "schedule": schedule, "steps": steps, "cfg": cfg}

@@ -1,0 +1,142 @@
+"""Named API endpoints (gr.api) for gradio_client: the same request dicts the UI builds, the same job system.
+
+    generate(request)                  -> job id      (a GenerateRequest dict; paths from `upload` or the assets)
+    preprocess(clip, kind, w, h, n, fps, options) -> job id   (control video: canny / depth / pose / passthrough)
+    tracks_render(tracks, w, h, frames) -> file       (the Motion-Track control video, rendered now: light work)
+    train(dataset, request)            -> job id      (a .zip of clips + TrainRequest fields without data/out)
+    train_control(job_id, action)      -> message     (sample_now / save_now / stop a running training)
+    upload(file)                       -> server path (for the path fields of a request)
+    job / wait / cancel / resume / jobs / models      (status, blocking wait, cancel, resume, list, registry)
+
+Every endpoint works on the caller's own jobs and files only (the logged-in user with --auth).
+"""
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+from gradio import FileData
+
+from pipelines.errors import UserError
+from studio.security import user_outputs_dir
+from studio.ui import guard
+
+
+def _path(f) -> str:
+    p = f.get("path") if isinstance(f, dict) else getattr(f, "path", None)
+    if not p:
+        raise UserError("no file was sent (use gradio_client.handle_file(path))")
+    return str(p)
+
+
+def _user_dir(ctx, owner: str, sub: str) -> Path:
+    d = user_outputs_dir(ctx.outputs_dir, owner) / sub
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def install_api(ctx) -> None:
+    from pipelines.requests import GenerateRequest
+    from studio.routes import check_request_paths, request_roots
+    from studio.spaces import check_limits, default_limits
+
+    @guard
+    def generate(request: dict, req: gr.Request) -> str:
+        """Submit a generation (a GenerateRequest dict); returns the job id."""
+        owner = ctx.owner(req)
+        body = GenerateRequest.from_dict(check_request_paths(request, request_roots(ctx, owner))).validate()
+        check_limits(body.to_dict(), default_limits())
+        return ctx.submit(owner, "generate", body.to_dict())
+
+    @guard
+    def upload(file: FileData, req: gr.Request) -> str:
+        """Keep an uploaded file in your uploads folder; returns the server path to put in a request."""
+        src = Path(_path(file))
+        dest = _user_dir(ctx, ctx.owner(req), "uploads") / f"{uuid.uuid4().hex[:8]}-{src.name}"
+        shutil.copyfile(src, dest)
+        return str(dest)
+
+    @guard
+    def preprocess(clip: FileData, kind: str, width: int, height: int, frames: int, fps: float, options: dict,
+                   req: gr.Request) -> str:
+        """Make a control video from a clip (a light job); returns the job id. options: canny low/high/blur,
+        depth/passthrough invert."""
+        from studio.tabs.union import submit_preprocess
+
+        o = dict(options or {})
+        return submit_preprocess(ctx, _path(clip), kind, o.get("low", 92), o.get("high", 200), o.get("blur", 0.0),
+                                 o.get("invert", False), width, height, frames, fps, req)
+
+    @guard
+    def tracks_render(tracks: FileData, width: int, height: int, frames: int, req: gr.Request) -> FileData:
+        """Render a tracks JSON (ours, ComfyUI's splines or per-frame lists) to the Motion-Track control mp4."""
+        from pipelines.tracks import load_tracks, write_track_video
+
+        ts = load_tracks(_path(tracks), width=int(width), height=int(height), frames=int(frames))
+        out = _user_dir(ctx, ctx.owner(req), "tracks") / f"tracks-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.mp4"
+        write_track_video(ts, out, int(width), int(height), int(frames))
+        return FileData(path=str(out))
+
+    @guard
+    def train(dataset: FileData, request: dict, req: gr.Request) -> str:
+        """Start an IC-LoRA training from a .zip of clips; request: TrainRequest fields (preset, model, trigger,
+        overrides, ...) without data/out. Returns the job id; the result holds the exported LoRA's path."""
+        from studio.spaces import training_available
+        from studio.tabs.train import stage_dataset, train_request
+
+        ok, why = training_available()
+        if not ok:
+            raise UserError(why)
+        owner = ctx.owner(req)
+        data = stage_dataset(ctx, owner, [_path(dataset)])
+        return ctx.jobs.submit(owner, "train", train_request(dict(request or {}), str(data)))
+
+    @guard
+    def train_control(job_id: str, action: str, req: gr.Request) -> str:
+        """Ask a running training to sample_now, save_now or stop after its current step."""
+        from studio.tabs.train import control_file
+
+        if action not in ("sample_now", "save_now", "stop"):
+            raise UserError("action must be sample_now, save_now or stop")
+        return control_file(ctx, job_id, ctx.owner(req), action)
+
+    @guard
+    def job(job_id: str, req: gr.Request) -> dict:
+        """A job's status, progress, result and error."""
+        return ctx.jobs.get(job_id, ctx.owner(req)).to_dict()
+
+    @guard
+    def wait(job_id: str, timeout: float, req: gr.Request) -> dict:
+        """Block until the job ends (or timeout seconds) and return it."""
+        owner = ctx.owner(req)
+        ctx.jobs.get(job_id, owner)
+        return ctx.jobs.wait(job_id, timeout=float(timeout), owner=owner).to_dict()
+
+    @guard
+    def cancel(job_id: str, req: gr.Request) -> bool:
+        """Cancel a job you own."""
+        return ctx.jobs.cancel(job_id, ctx.owner(req))
+
+    @guard
+    def resume(job_id: str, req: gr.Request) -> str:
+        """Resume an interrupted / failed / cancelled training from its last checkpoint; returns the new job id."""
+        return ctx.jobs.resume(job_id, ctx.owner(req))
+
+    @guard
+    def jobs(limit: int, req: gr.Request) -> list:
+        """Your jobs, newest first."""
+        return [j.to_dict() for j in ctx.jobs.list(ctx.owner(req), limit=int(limit))]
+
+    @guard
+    def models() -> list:
+        """Model registry status."""
+        from pipelines.models.registry import discover
+
+        return [s.to_dict() for s in discover(ctx.models_dir)]
+
+    for fn in (generate, upload, preprocess, tracks_render, train, train_control, job, wait, cancel, resume, jobs,
+               models):
+        gr.api(fn, api_name=fn.__name__)

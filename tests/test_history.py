@@ -1,0 +1,128 @@
+"""History tab logic (studio.tabs.history) on a real JobManager with a fake, fast job kind. ~2 s."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pipelines.requests import GenerateRequest
+from studio.jobs import JobManager, JobNotFound
+from studio.tabs import history
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    jobs = JobManager(tmp_path / "outputs")
+
+    def fake_generate(request: dict, jctx) -> dict:
+        if request.get("prompt") == "boom":
+            from pipelines.errors import UserError
+
+            raise UserError("bad prompt")
+        video = Path(jctx.out_dir) / "output.mp4"
+        video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
+        side = Path(jctx.out_dir) / "output.json"
+        side.write_text(json.dumps({"request": request, "seed": request.get("seed"), "notice": "tiny"}))
+        jctx.add_output(video)
+        return {"video": str(video), "settings": str(side)}
+
+    jobs.register("generate", fake_generate)
+    yield SimpleNamespace(jobs=jobs, tabs=[], owner=lambda r: "alice")
+    jobs.shutdown(timeout=5)
+
+
+def req(**kw) -> dict:
+    return GenerateRequest.from_dict(dict({"prompt": "a cat", "model": "tiny", "width": 96, "height": 64,
+                                           "frames": 9, "seed": 7}, **kw)).validate().to_dict()
+
+
+def test_rows_gallery_and_settings(ctx):
+    a1 = ctx.jobs.submit("alice", "generate", req())
+    a2 = ctx.jobs.submit("alice", "generate", req(prompt="boom"))
+    b1 = ctx.jobs.submit("bob", "generate", req(prompt="bob's"))
+    for j in (a1, a2, b1):
+        ctx.jobs.wait(j, timeout=10)
+    jobs = ctx.jobs.list("alice")
+    rows = history.job_rows(jobs)
+    assert [r[0] for r in rows] == [a2, a1]  # newest first, only alice's
+    assert rows[0][2] == "failed" and rows[0][4] == "bad prompt"
+    assert rows[1][2] == "done" and rows[1][3] == 100 and "96x64x9 seed 7" in rows[1][7]
+    items = history.gallery_items(jobs)
+    assert len(items) == 1 and items[0][0].endswith(f"alice/{a1}/output.mp4")
+    s = history.settings_of(ctx.jobs.get(a1, "alice"))
+    assert s["seed"] == 7 and s["request"]["prompt"] == "a cat"  # read from the sidecar JSON
+    assert history.settings_of(ctx.jobs.get(a2, "alice"))["request"]["prompt"] == "boom"  # no sidecar: request
+
+
+def test_reuse_request_round_trips_and_is_owned(ctx):
+    original = req(seed=123, prompt="a dog running")
+    jid = ctx.jobs.submit("alice", "generate", original)
+    ctx.jobs.wait(jid, timeout=10)
+    again = history.reuse_request(ctx, jid, "alice")
+    assert again == original
+    assert GenerateRequest.from_dict(again).validate().seed == 123
+    with pytest.raises(JobNotFound):
+        history.reuse_request(ctx, jid, "bob")
+
+
+def test_view_resends_gallery_only_on_change(ctx):
+    import gradio as gr
+
+    jid = ctx.jobs.submit("alice", "generate", req())
+    ctx.jobs.wait(jid, timeout=10)
+    rows, gallery, ids, sig, bars, pick = history.history_view(ctx, "alice", None, None)
+    assert ids == [jid] and len(gallery) == 1 and "no running jobs" in bars
+    assert pick["value"] == jid
+    _, gallery2, _, sig2, _, _ = history.history_view(ctx, "alice", jid, sig)
+    assert sig2 == sig and isinstance(gallery2, type(gr.skip()))
+    video, settings, note = history.detail_view(ctx, "alice", jid)
+    assert video.endswith("output.mp4") and settings["seed"] == 7 and "done" in note
+    with pytest.raises(JobNotFound):
+        history.detail_view(ctx, "bob", jid)
+
+
+def test_running_job_shows_progress(ctx):
+    import threading
+
+    gate = threading.Event()
+
+    def slow(request, jctx):
+        jctx.progress(0.5, "step 4/8")
+        gate.wait(10)
+        return {}
+
+    ctx.jobs.register("slow", slow)
+    jid = ctx.jobs.submit("alice", "slow", {"x": 1})
+    for _ in range(100):
+        if ctx.jobs.get(jid, "alice").message == "step 4/8":
+            break
+        __import__("time").sleep(0.05)
+    *_, bars, _ = history.history_view(ctx, "alice", None, None)
+    assert jid in bars and 'aria-valuenow="50"' in bars and "running" in bars
+    gate.set()
+    assert ctx.jobs.wait(jid, timeout=10).status.value == "done"
+
+
+def test_spaces_detection_and_wrap():
+    from studio import spaces
+
+    local = {}
+    space = {"SYSTEM": "spaces", "SPACE_ID": "me/studio"}
+    zero = dict(space, SPACES_ZERO_GPU="true")
+    assert not spaces.on_spaces(local) and spaces.on_spaces(space) and not spaces.on_zero_gpu(space)
+    assert spaces.on_zero_gpu(zero)
+    fn = lambda: 1  # noqa: E731
+    assert spaces.gpu_wrap(fn, 120, env=local) is fn
+    assert spaces.training_available(local) == (True, "")
+    ok, why = spaces.training_available(zero)
+    assert not ok and "ZeroGPU" in why
+    lim = spaces.default_limits(zero)
+    assert lim.vram_gb == 70 and lim.max_duration_s == 300 and not lim.training
+    from pipelines.errors import UserError
+
+    with pytest.raises(UserError, match="width=4096"):
+        spaces.check_limits({"width": 4096, "height": 512, "frames": 121}, lim)
+    spaces.check_limits({"width": 768, "height": 512, "frames": 121}, lim)
+    assert "sdk: gradio" in spaces.SPACES_README_FRONT_MATTER and "app_file: app.py" in spaces.SPACES_README_FRONT_MATTER
