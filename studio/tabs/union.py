@@ -175,8 +175,8 @@ def control_options(kind: str, low, high, blur, invert) -> dict:
 
 def scrub_frames(result: dict | None, index) -> tuple:
     """(input frame, control frame) at `index` from a finished preprocess result."""
-    if not result:
-        return None, None
+    if not result or "scrub_input" not in result:
+        return gr.skip(), gr.skip()
     a = np.load(result["scrub_input"], mmap_mode="r")
     b = np.load(result["scrub_control"], mmap_mode="r")
     i = int(min(max(int(index or 0), 0), len(a) - 1))
@@ -463,7 +463,7 @@ def build(ctx):
                             lora_table=table, attention=att, use_mask=um, mask_path=mask_path, image=img,
                             image_strength=imgs, model=model_, schedule=sched_, steps=steps_, cfg=cfg_,
                             stages=stages_, tier=tier_, seed=seed_, width=w, height=h, frames=n, fps=f)
-        jid = ctx.jobs.submit(ctx.owner(request), "generate", req.to_dict())
+        jid = ctx.submit(ctx.owner(request), "generate", req.to_dict())
         return jid, progress_html(0, "queued", "queued"), None, None, None, None
 
     mask_state = shared.get("mask") or gr.State(None)
@@ -505,4 +505,15 @@ def build(ctx):
     if "control_video" in shared:
         send_control.click(guard(lambda r: send((r or {}).get("control"), "control video")), pre_result,
                            [shared["control_video"], sent], api_visibility="private")
+    if "lora" in shared:  # "Use in generator" from the Face trainer: its checkpoint + reference still
+        def take_lora(d):
+            if not d:
+                return (gr.skip(),) * 5
+            res = {"control": d["reference_image"], "reference_still": True}
+            note = (f"Using trained IC-LoRA **{html.escape(d.get('name', Path(d['path']).name))}** with its reference "
+                    "image as the control (a still: one latent frame). Write a prompt and generate.")
+            return d["path"], res, note, d["reference_image"], progress_html(1, "reference image ready", "done")
+
+        shared["lora"].change(guard(take_lora), shared["lora"], [ic_upload, pre_result, pre_report, ctl_frame,
+                                                                  pre_progress], api_visibility="private")
     return {"clip": clip, "kind": kind, "make": make, "prompt": prompt, "settings_json": json}
