@@ -134,6 +134,22 @@ def test_same_seed_same_frames_and_different_seed_differs(tiny_engine, controls)
     assert not np.array_equal(r1.frames, r3.frames)
 
 
+def test_control_cache_follows_the_file(tiny_engine, controls, tmp_path):
+    """Conformed controls are cached between runs, but a control replaced at the same path is read again."""
+    import shutil
+
+    path = tmp_path / "ctl.mp4"
+    shutil.copyfile(controls["a"], path)
+    ra = tiny_engine.generate(req_for(str(path), 0.5), write=False, previews=False)
+    assert np.array_equal(ra.frames, tiny_engine.generate(req_for(controls["a"], 0.5), write=False,
+                                                          previews=False).frames)
+    shutil.copyfile(controls["b"], path)  # same name, other content
+    rb = tiny_engine.generate(req_for(str(path), 0.5), write=False, previews=False)
+    fresh = tiny_engine.generate(req_for(controls["b"], 0.5), write=False, previews=False)
+    assert np.array_equal(rb.frames, fresh.frames) and not np.array_equal(ra.frames, rb.frames)
+    assert len(tiny_engine._controls) <= tiny_engine.CONTROL_CACHE
+
+
 def test_mask_left_half_zero_gives_zero_weights_left(tiny_engine, tmp_path):
     ctrl = synthetic_video(tmp_path / "c.mp4", frames=F, width=128, height=64, seed=3)
     mask = np.ones((64, 128), np.float32)

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -90,6 +91,9 @@ class Engine:
         self.m = loaded
         self._adapters: dict[tuple[str, float], str] = {}
         self._proj = None
+        # Conformed control frames of the last few runs, keyed by file identity and target: people iterate on
+        # prompt / seed / strength over one control, and decoding it again is most of the engine's own cost.
+        self._controls: "OrderedDict[tuple, tuple[np.ndarray, str | None]]" = OrderedDict()
         _isolate_video_from_audio(loaded.pipe.transformer)
 
     # ---- LoRAs ----
@@ -133,7 +137,6 @@ class Engine:
         from diffusers.pipelines.ltx2.pipeline_ltx2_ic_lora import LTX2ReferenceCondition
 
         from pipelines import masks
-        from pipelines.video_io import ConformTarget, conform, read_video
 
         if not req.controls:
             return PreparedReferences([], None, [], [])
@@ -149,14 +152,9 @@ class Engine:
                 frames = _fit_image(_read_image(c.path), rw, rh)[None]
                 reports.append(f"control {i + 1}: still image {Path(c.path).name} used as a 1-frame reference at {rw}x{rh}")
             else:
-                frames, fps = read_video(c.path)
-                if req.conform_controls:
-                    frames, rep = conform(frames, fps, ConformTarget(width=rw, height=rh, frames=req.frames, fps=req.fps, pad=True))
-                    if rep.changes:
-                        reports.append(f"control {i + 1} ({Path(c.path).name}): " + "; ".join(rep.changes))
-                elif frames.shape[1:3] != (rh, rw) or len(frames) != req.frames:
-                    raise UserError(f"control {Path(c.path).name} is {frames.shape[2]}x{frames.shape[1]}x{len(frames)}; "
-                                    f"this run needs {rw}x{rh}x{req.frames} (turn on conforming)")
+                frames, note = self._control_frames(c.path, req, rw, rh)
+                if note:
+                    reports.append(f"control {i + 1} ({Path(c.path).name}): {note}")
             lf = (len(frames) - 1) // 8 + 1
             if lf > lf_target:
                 raise UserError(f"control {i + 1} has more frames than the output")
@@ -176,6 +174,37 @@ class Engine:
                 weights.append(np.full(lf * lh * lw, req.attention_strength, np.float32))
         w = torch.from_numpy(np.concatenate(weights).astype(np.float32))
         return PreparedReferences(conds, None if bool((w >= 1).all()) else w, reports, counts)
+
+    CONTROL_CACHE = 2  # entries (a 121x768x512 control is 140 MB of uint8)
+
+    def _control_frames(self, path: str, req: GenerateRequest, rw: int, rh: int) -> tuple[np.ndarray, str | None]:
+        """A control video's frames at the reference size (conformed when the request allows), uint8
+        [F,rh,rw,3], and the conform report in words; cached by (file identity, target)."""
+        from pipelines.video_io import ConformTarget, conform, read_video
+
+        try:
+            st = Path(path).stat()
+        except OSError:
+            raise UserError(f"control video {path} does not exist") from None
+        key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size, rw, rh, req.frames, float(req.fps),
+               bool(req.conform_controls))
+        hit = self._controls.get(key)
+        if hit is not None:
+            self._controls.move_to_end(key)
+            return hit
+        frames, fps = read_video(path)
+        note = None
+        if req.conform_controls:
+            frames, rep = conform(frames, fps, ConformTarget(width=rw, height=rh, frames=req.frames, fps=req.fps, pad=True))
+            note = "; ".join(rep.changes) or None
+        elif frames.shape[1:3] != (rh, rw) or len(frames) != req.frames:
+            raise UserError(f"control {Path(path).name} is {frames.shape[2]}x{frames.shape[1]}x{len(frames)}; "
+                            f"this run needs {rw}x{rh}x{req.frames} (turn on conforming)")
+        frames.setflags(write=False)
+        self._controls[key] = (frames, note)
+        while len(self._controls) > self.CONTROL_CACHE:
+            self._controls.popitem(last=False)
+        return frames, note
 
     def _load_mask(self, req: GenerateRequest, rw: int, rh: int) -> np.ndarray:
         try:
