@@ -5,7 +5,8 @@ stock dense-mask path, on one LTX-2 attention layer (attn1) with random weights.
 (b) ours:    ReferenceBiasAttnProcessor at strength 0.5 (log bias folded into extra head channels)
 (c) stock:   diffusers' processor given the dense [B,T,T] additive mask (1-w)*-10000 the pipeline builds
 
-CPU mode measures each (variant, size) in its own subprocess so peak RSS is clean; prints time and peak-memory
+CPU mode measures each (variant, size) in its own subprocess; memory is the peak of live tensor bytes during one
+call (a TorchDispatchMode tracker, deterministic; the dense mask counted for (c)); prints time and peak-memory
 ratios b/a and c/a (goal at the largest size: b/a memory <= 1.1, time <= 1.3).
 GPU mode (--gpu): full-size LTX-2.3 attention (32 heads x 128, hidden 4096, bf16), 768x512x121 target (6144
 tokens) + D=2 reference (1536 tokens): ms per attn1 call and per 48-layer step for no reference / reference /
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,9 +29,42 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _peak_tracker_class():
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class PeakTensorBytes(TorchDispatchMode):
+        """Peak bytes of tensor storages allocated inside the block and alive at the same time (deterministic,
+        unlike RSS, which glibc's allocator blurs at these sizes). Kernel-internal scratch buffers that never
+        become tensors are not seen; variants (a) and (b) run the same SDPA kernel."""
+
+        def __init__(self):
+            super().__init__()
+            self.live: dict[int, int] = {}
+            self.cur = 0
+            self.peak = 0
+
+        def _free(self, key: int) -> None:
+            self.cur -= self.live.pop(key, 0)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    st = t.untyped_storage()
+                    key, n = st.data_ptr(), st.nbytes()
+                    if n == 0 or key in self.live:
+                        continue
+                    self.live[key] = n
+                    self.cur += n
+                    self.peak = max(self.peak, self.cur)
+                    weakref.finalize(st, self._free, key)
+            return out
+
+    return PeakTensorBytes
 
 
 def build(heads: int, head_dim: int, device: str, dtype):
@@ -51,6 +84,7 @@ def run_variant(variant: str, target: int, ref: int, heads: int, head_dim: int, 
 
     from pipelines.sampler.attention import ReferenceBiasAttnProcessor, ReferenceBiasState
 
+    PeakTensorBytes = _peak_tracker_class()  # noqa: N806
     attn = build(heads, head_dim, device, dtype)
     t = target + ref
     x = torch.randn(1, t, heads * head_dim, device=device, dtype=dtype)
@@ -73,8 +107,7 @@ def run_variant(variant: str, target: int, ref: int, heads: int, head_dim: int, 
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated() if device == "cuda" else rss_bytes()
-        peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            base = torch.cuda.memory_allocated()
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -84,10 +117,12 @@ def run_variant(variant: str, target: int, ref: int, heads: int, head_dim: int, 
             times.append(time.perf_counter() - t0)
         if device == "cuda":
             extra = torch.cuda.max_memory_allocated() - base
-        else:
-            extra = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - max(base, 0)) \
-                if resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 > peak_before else 0
-            extra = max(extra, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+        else:  # one more call under the tensor tracker (not timed)
+            with PeakTensorBytes() as tracker:
+                attn(x, attention_mask=mask)
+            extra = tracker.peak
+        if mask is not None:  # the dense mask is part of what variant c costs (built before the call)
+            extra += mask.numel() * mask.element_size()
     return {"seconds": statistics.median(times), "peak_extra_bytes": int(extra),
             "mask_bytes": int(mask.numel() * mask.element_size()) if mask is not None else 0}
 

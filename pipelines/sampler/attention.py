@@ -59,37 +59,47 @@ class ReferenceBiasState:
         self.log_w = None
 
 
-def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
-    return F.pad(x, (0, width - x.shape[-1]))
+def _head_width(d: int) -> int:
+    """Head dim plus the two bias channels, rounded up to a multiple of 8 (fused kernels stay usable)."""
+    return (d + 2 + 7) // 8 * 8
+
+
+def _padded(x: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, H, T, D] (any strides) -> a zero-padded contiguous [B, H, T, width] copy, in ONE allocation (no
+    cat-then-pad intermediates: this is what keeps the processor's memory close to the stock path)."""
+    out = x.new_zeros((*x.shape[:-1], width))
+    out[..., : x.shape[-1]].copy_(x)
+    return out
+
+
+def _write_bias_channels(q2: torch.Tensor, k2: torch.Tensor, d: int, num_target: int, log_w: torch.Tensor,
+                         scale: float) -> None:
+    """Fill channels d, d+1 of the padded q'/k' (module docstring): s * q'.k' = s * q.k + bias."""
+    t = q2.shape[-2]
+    if t - num_target != log_w.numel():
+        raise RuntimeError(f"reference bias expects {num_target}+{log_w.numel()} tokens, attention got {t}")
+    lw = log_w.to(device=q2.device, dtype=torch.float32)
+    q2[..., num_target:, d] = (lw / scale).to(q2.dtype)
+    q2[..., :num_target, d + 1] = 1.0 / scale
+    k2[..., :num_target, d] = 1.0
+    k2[..., num_target:, d + 1] = lw.to(k2.dtype)
+
+
+def _sdpa_padded(q2: torch.Tensor, k2: torch.Tensor, v2: torch.Tensor, d: int) -> torch.Tensor:
+    out = F.scaled_dot_product_attention(q2, k2, v2, dropout_p=0.0, is_causal=False, scale=1.0 / math.sqrt(d))
+    return out[..., :d]
 
 
 def biased_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_target: int, log_w: torch.Tensor) -> torch.Tensor:
     """Attention with the reference log bias. q, k, v: [B, H, T, D]; tokens [0, num_target) are targets, the rest
-    references with log weights log_w [R]. Returns [B, H, T, D]."""
-    b, h, t, d = q.shape
-    r = t - num_target
-    if r != log_w.numel():
-        raise RuntimeError(f"reference bias expects {num_target}+{log_w.numel()} tokens, attention got {t}")
-    scale = 1.0 / math.sqrt(d)
-    width = (d + 2 + 7) // 8 * 8
-    dt, dev = q.dtype, q.device
-    lw = log_w.to(device=dev, dtype=torch.float32)
-    zeros_t = torch.zeros(num_target, device=dev, dtype=torch.float32)
-    ones_t = torch.ones(num_target, device=dev, dtype=torch.float32)
-    zeros_r = torch.zeros(r, device=dev, dtype=torch.float32)
-    ones_r = torch.ones(r, device=dev, dtype=torch.float32)
-    # query channels (a, b) / s ; key channels (c, d)
-    qa = torch.cat([zeros_t, lw]) / scale
-    qb = torch.cat([ones_t, zeros_r]) / scale
-    kc = torch.cat([ones_t, zeros_r])
-    kd = torch.cat([zeros_t, lw])
-    q_extra = torch.stack([qa, qb], dim=-1).to(dt).expand(b, h, t, 2)
-    k_extra = torch.stack([kc, kd], dim=-1).to(dt).expand(b, h, t, 2)
-    q2 = _pad_to(torch.cat([q, q_extra], dim=-1), width)
-    k2 = _pad_to(torch.cat([k, k_extra], dim=-1), width)
-    v2 = _pad_to(v, width)
-    out = F.scaled_dot_product_attention(q2, k2, v2, dropout_p=0.0, is_causal=False, scale=scale)
-    return out[..., :d]
+    references with log weights log_w [R]. Returns [B, H, T, D] (a view into the padded output)."""
+    d = q.shape[-1]
+    if q.shape[-2] - num_target != log_w.numel():
+        raise RuntimeError(f"reference bias expects {num_target}+{log_w.numel()} tokens, attention got {q.shape[-2]}")
+    width = _head_width(d)
+    q2, k2 = _padded(q, width), _padded(k, width)
+    _write_bias_channels(q2, k2, d, num_target, log_w, 1.0 / math.sqrt(d))
+    return _sdpa_padded(q2, k2, _padded(v, width), d)
 
 
 class ReferenceBiasAttnProcessor(LTX2PerturbedAttnProcessor):
@@ -119,13 +129,19 @@ class ReferenceBiasAttnProcessor(LTX2PerturbedAttnProcessor):
                 rope = apply_split_rotary_emb if attn.rope_type == "split" else apply_interleaved_rotary_emb
                 query = rope(query, query_rotary_emb)
                 key = rope(key, key_rotary_emb if key_rotary_emb is not None else query_rotary_emb)
-            q = query.unflatten(2, (attn.heads, -1)).transpose(1, 2)
+            d = query.shape[-1] // attn.heads
+            width = _head_width(d)
+            # straight into the padded [B, H, T, width] buffers, dropping each unpadded tensor at once
+            q2 = _padded(query.unflatten(2, (attn.heads, -1)).transpose(1, 2), width)
             del query
-            k = key.unflatten(2, (attn.heads, -1)).transpose(1, 2)
+            k2 = _padded(key.unflatten(2, (attn.heads, -1)).transpose(1, 2), width)
             del key
-            v = value.unflatten(2, (attn.heads, -1)).transpose(1, 2)
-            out = biased_sdpa(q, k, v, st.num_target_tokens, st.log_w)
-            del q, k, v
+            v2 = _padded(value.unflatten(2, (attn.heads, -1)).transpose(1, 2), width)
+            if perturbation_mask is None:
+                del value
+            _write_bias_channels(q2, k2, d, st.num_target_tokens, st.log_w, 1.0 / math.sqrt(d))
+            out = _sdpa_padded(q2, k2, v2, d)
+            del q2, k2, v2
             out = out.transpose(1, 2).flatten(2, 3).to(hidden_states.dtype)
             st.calls += 1
             if perturbation_mask is not None:
