@@ -98,6 +98,14 @@ class GenerateRequest:
     version: int = REQUEST_VERSION
 
     def validate(self) -> "GenerateRequest":
+        for name, enum_type in (("schedule", Schedule), ("tier", MemoryTier)):  # "full" as well as Schedule.FULL
+            v = getattr(self, name)
+            if not isinstance(v, enum_type):
+                try:
+                    setattr(self, name, enum_type(v))
+                except ValueError:
+                    raise UserError(f"{name}={v!r} must be one of: "
+                                    f"{', '.join(e.value for e in enum_type)}") from None
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise UserError("prompt is empty: describe the video you want")
         for name in ("width", "height"):

@@ -150,6 +150,32 @@ def test_control_cache_follows_the_file(tiny_engine, controls, tmp_path):
     assert len(tiny_engine._controls) <= tiny_engine.CONTROL_CACHE
 
 
+def test_prompt_embeddings_are_cached_by_text(tiny_engine, controls):
+    """The text encoder runs once per distinct prompt; cached embeddings give bit-identical output."""
+    calls = []
+    h = tiny_engine.m.pipe.text_encoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        tiny_engine._prompts.clear()
+        r1 = tiny_engine.generate(req_for(controls["a"], 0.5), write=False, previews=False)
+        n1 = len(calls)
+        r2 = tiny_engine.generate(req_for(controls["a"], 0.5, seed=8), write=False, previews=False)
+        assert len(calls) == n1 >= 1  # new seed, same prompt: no encoder run
+        r3 = tiny_engine.generate(req_for(controls["a"], 0.5), write=False, previews=False)
+        assert np.array_equal(r1.frames, r3.frames) and not np.array_equal(r1.frames, r2.frames)
+        tiny_engine.generate(req_for(controls["a"], 0.5, prompt="a blue cube"), write=False, previews=False)
+        assert len(calls) > n1
+        full = dict(schedule="full", steps=2, guidance_scale=3.0)
+        a = tiny_engine.generate(req_for(controls["a"], 0.5, negative_prompt="red", **full), write=False,
+                                 previews=False)
+        b = tiny_engine.generate(req_for(controls["a"], 0.5, negative_prompt="blue", **full), write=False,
+                                 previews=False)
+        assert not np.array_equal(a.frames, b.frames)  # with CFG the negative is part of the key (words the
+        # tiny tokenizer knows: unknown words all map to one token)
+    finally:
+        h.remove()
+    assert len(tiny_engine._prompts) <= tiny_engine.PROMPT_CACHE
+
+
 def test_mask_left_half_zero_gives_zero_weights_left(tiny_engine, tmp_path):
     ctrl = synthetic_video(tmp_path / "c.mp4", frames=F, width=128, height=64, seed=3)
     mask = np.ones((64, 128), np.float32)

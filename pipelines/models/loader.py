@@ -175,7 +175,25 @@ def apply_tier(pipe, tier: MemoryTier, device: str, dtype) -> MemoryTier:
                                   offload_type="block_level", num_blocks_per_group=1, use_stream=True)
     if device != "cpu":
         pipe.vae.enable_tiling()
+        if tier in (MemoryTier.BF16, MemoryTier.FP8):
+            park_text_encoder(pipe, device)
     return tier
+
+
+def park_text_encoder(pipe, device: str) -> bool:
+    """Keep the text encoder (Gemma 3 12B: ~24 GB bf16) in CPU memory between runs on the resident tiers; the
+    engine brings it to the GPU only to encode a prompt (pipelines.sampler.engine). Refused (and said so in the
+    log) if the pipeline would then pick the CPU as its execution device."""
+    te = getattr(pipe, "text_encoder", None)
+    if te is None:
+        return False
+    te.to("cpu")
+    if getattr(pipe, "_execution_device", None) is not None and str(pipe._execution_device).split(":")[0] != \
+            str(device).split(":")[0]:
+        te.to(device)
+        log.warning("text encoder kept on %s: the pipeline would otherwise run on the CPU", device)
+        return False
+    return True
 
 
 class ModelCache:

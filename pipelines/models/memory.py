@@ -58,10 +58,16 @@ def estimate(tier: MemoryTier, width: int, height: int, frames: int, refs: int =
     px = frames * width * height
     act_vae = min(px * 128 * bf16 / 8, 3.0 * GB)
     act = max(act_tr, act_vae)
-    te_phase = (te if tier in (MemoryTier.BF16, MemoryTier.AUTO) else te / 2 if tier == MemoryTier.FP8 else te / 12) \
-        + tokens * 0  # prompt activations are negligible
-    peak = max(weights + act, te_phase + (0 if tier in (MemoryTier.OFFLOAD, MemoryTier.GROUP_OFFLOAD) else vae)) \
-        + MARGIN_GB * GB
+    # The text encoder's visit (prompt activations are negligible). Resident tiers park it in CPU memory and
+    # bring it in only to encode, beside the resident transformer + VAE but never beside their activations;
+    # model offload holds one model at a time; group offload streams it block by block like the rest.
+    if tier in (MemoryTier.BF16, MemoryTier.FP8, MemoryTier.AUTO):
+        te_phase = weights + te
+    elif tier == MemoryTier.OFFLOAD:
+        te_phase = te
+    else:
+        te_phase = te / 12
+    peak = max(weights + act, te_phase) + MARGIN_GB * GB
     return VramEstimate(tier=tier, weights_gb=weights / GB, activations_gb=act / GB, text_encoder_gb=te_phase / GB,
                         peak_gb=peak / GB)
 

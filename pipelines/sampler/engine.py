@@ -94,6 +94,7 @@ class Engine:
         # Conformed control frames of the last few runs, keyed by file identity and target: people iterate on
         # prompt / seed / strength over one control, and decoding it again is most of the engine's own cost.
         self._controls: "OrderedDict[tuple, tuple[np.ndarray, str | None]]" = OrderedDict()
+        self._prompts: OrderedDict = OrderedDict()
         _isolate_video_from_audio(loaded.pipe.transformer)
 
     # ---- LoRAs ----
@@ -174,6 +175,46 @@ class Engine:
                 weights.append(np.full(lf * lh * lw, req.attention_strength, np.float32))
         w = torch.from_numpy(np.concatenate(weights).astype(np.float32))
         return PreparedReferences(conds, None if bool((w >= 1).all()) else w, reports, counts)
+
+    PROMPT_CACHE = 4  # entries of prompt embeddings (CPU copies on a GPU host)
+
+    def encode_prompt(self, prompt: str, negative: str, cfg: bool) -> dict:
+        """pipe(...) keyword arguments with the prompt already encoded. Embeddings are cached by text, so a new
+        seed or strength on the same prompt never runs the text encoder again. On the resident tiers the text
+        encoder lives in CPU memory (pipelines.models.loader.park_text_encoder): it is brought to the GPU for
+        the encoding only and freed right after, so it never sits beside the transformer's activations."""
+        import torch
+
+        m, pipe = self.m, self.m.pipe
+        key = (prompt, negative if cfg else "", cfg, m.max_sequence_length)
+        hit = self._prompts.get(key)
+        if hit is None:
+            te = pipe.text_encoder
+            visit = m.device != "cpu" and te is not None and next(te.parameters()).device.type == "cpu" \
+                and not hasattr(te, "_hf_hook")  # offload tiers move it themselves
+            if visit:
+                te.to(m.device)
+            try:
+                with torch.no_grad():
+                    pe, pm, ne, nm = pipe.encode_prompt(prompt=prompt, negative_prompt=negative,
+                                                        do_classifier_free_guidance=cfg,
+                                                        max_sequence_length=m.max_sequence_length, device=m.device)
+            finally:
+                if visit:
+                    te.to("cpu")
+                    torch.cuda.empty_cache()
+            keep = (lambda t: None if t is None else t.detach().to("cpu")) if m.device != "cpu" else \
+                (lambda t: None if t is None else t.detach())
+            hit = tuple(keep(t) for t in (pe, pm, ne, nm))
+            self._prompts[key] = hit
+            while len(self._prompts) > self.PROMPT_CACHE:
+                self._prompts.popitem(last=False)
+        else:
+            self._prompts.move_to_end(key)
+        dev = (lambda t: None if t is None else t.to(m.device))
+        pe, pm, ne, nm = (dev(t) for t in hit)
+        return dict(prompt=None, negative_prompt=None, prompt_embeds=pe, prompt_attention_mask=pm,
+                    negative_prompt_embeds=ne, negative_prompt_attention_mask=nm)
 
     CONTROL_CACHE = 2  # entries (a 121x768x512 control is 140 MB of uint8)
 
@@ -277,7 +318,8 @@ class Engine:
                 on_step(StepEvent(stage=stage, step=counter["step"], total=total_steps, preview=prev))
             return {}
 
-        common = dict(prompt=req.prompt, negative_prompt=req.negative_prompt or "", num_frames=req.frames,
+        cfg = req.schedule != Schedule.DISTILLED and float(req.guidance_scale) > 1.0
+        common = dict(**self.encode_prompt(req.prompt, req.negative_prompt or "", cfg), num_frames=req.frames,
                       frame_rate=float(req.fps), max_sequence_length=m.max_sequence_length, generator=gen,
                       stg_scale=0.0, modality_scale=1.0, audio_guidance_scale=1.0, audio_stg_scale=0.0,
                       audio_modality_scale=1.0, return_dict=False)

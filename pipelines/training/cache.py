@@ -171,10 +171,14 @@ def free_encoders(loaded) -> None:
     torch.cuda.empty_cache()
 
 
-def load_encoders(loaded) -> None:
+def load_encoders(loaded, text: bool = True) -> None:
+    """Bring the encoders back to the GPU. text=False leaves the text encoder parked in CPU memory (the
+    engine brings it in per new prompt by itself: pipelines.sampler.engine.Engine.encode_prompt)."""
     if loaded.device == "cpu":
         return
     for name in ("text_encoder", "vae", "audio_vae", "vocoder"):
+        if name == "text_encoder" and not text:
+            continue
         mod = getattr(loaded.pipe, name, None)
         if mod is not None:
             mod.to(loaded.device)

@@ -389,7 +389,7 @@ class Trainer:
                               controls=[ControlInput(path=str(ref))], loras=[LoraSpec(path=str(lora_path), weight=1.0)])
         eng = Engine(self.m)
         was_training = self.transformer.training
-        load_encoders(self.m)
+        load_encoders(self.m, text=False)  # the engine brings the text encoder in for the prompt itself
         self.transformer.eval()
         try:
             with torch.no_grad(), warnings.catch_warnings():
@@ -571,6 +571,7 @@ def run_training(req, loaded=None, callbacks: TrainCallbacks | None = None,
         from pipelines.models.loader import default_cache
 
         loaded = default_cache().get(resolve_model(req.model, req.models_dir))
+    load_encoders(loaded)  # the text encoder may be parked in CPU memory (resident tiers): captions need it
     items = preprocess(report, assignments, loaded, run / "cache", recipe,
                        on_item=lambda i, n, name, skip: say(f"cache {i}/{n}: {name}" + (" (cached)" if skip else "")))
     free_encoders(loaded)
@@ -579,7 +580,14 @@ def run_training(req, loaded=None, callbacks: TrainCallbacks | None = None,
                           validation_reference=req.validation_reference, callbacks=callbacks)
         return trainer.train(recipe.steps, resume=req.resume)
     finally:
-        load_encoders(loaded)  # the model is shared with the studio's generator: give it back whole
+        # the model is shared with the studio's generator: give it back as the loader placed it
+        from pipelines.models.loader import park_text_encoder
+        from pipelines.requests import MemoryTier
+
+        load_encoders(loaded, text=False)
+        if loaded.device != "cpu" and loaded.tier in (MemoryTier.BF16, MemoryTier.FP8) \
+                and not park_text_encoder(loaded.pipe, loaded.device):
+            load_encoders(loaded)
 
 
 __all__ = ["Trainer", "TrainCallbacks", "TrainResult", "run_training", "sample_sigma", "shift_mu", "inject_lora",
