@@ -126,3 +126,33 @@ def test_spaces_detection_and_wrap():
         spaces.check_limits({"width": 4096, "height": 512, "frames": 121}, lim)
     spaces.check_limits({"width": 768, "height": 512, "frames": 121}, lim)
     assert "sdk: gradio" in spaces.SPACES_README_FRONT_MATTER and "app_file: app.py" in spaces.SPACES_README_FRONT_MATTER
+
+
+def test_browser_reuse_settings_fills_the_generate_tab(studio_server, page):
+    """History -> pick a past generation -> "Reuse settings": its prompt, size and seed are back in Generate."""
+    from pipelines.requests import GenerateRequest
+
+    url, ctx, _ = studio_server
+    req = GenerateRequest(prompt="a red ball on a blue floor, reuse me", width=64, height=64, frames=9, seed=4242)
+    jid = ctx.jobs.submit("local", "generate", req.to_dict())
+    assert ctx.jobs.wait(jid, timeout=120).status.value == "done"
+    page.goto(url, wait_until="load")
+    page.get_by_role("tab", name="History").click()
+    page.locator("#hist-refresh").click()
+    page.wait_for_function("id => document.querySelector('#hist-table')?.innerText.includes(id)", arg=jid,
+                           timeout=20_000)
+    pick = page.locator("#hist-pick input")
+    pick.click()
+    page.get_by_role("option", name=jid[:8], exact=False).first.click()
+    page.locator("#hist-reuse").click()
+    page.wait_for_function("() => document.querySelector('#hist-request textarea, #hist-request .cm-content')"
+                           "?.innerText?.includes('reuse me') || document.querySelector('#hist-request')"
+                           "?.innerText.includes('reuse me')", timeout=20_000)
+    page.get_by_role("tab", name="Generate").click()
+    page.wait_for_function("() => document.querySelector('#gen-prompt textarea').value.includes('reuse me')",
+                           timeout=20_000)
+    from tests.conftest import screenshot
+
+    screenshot(page, "history_reuse_generate")
+    page.get_by_text("Sampling").first.click()  # the seed lives in the closed "Sampling" accordion
+    assert page.locator("#gen-seed input").input_value(timeout=10_000) == "4242"

@@ -87,7 +87,7 @@ def build(ctx):
                 with gr.Row():
                     steps = gr.Slider(1, 60, value=30, step=1, label="Steps (full schedule)")
                     cfg = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="CFG (full schedule)")
-                    seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                    seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="gen-seed")
             vram = gr.Markdown(vram_text(default_model, "auto", 96, 64, 9), elem_id="gen-vram")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="gen-go")
