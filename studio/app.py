@@ -11,7 +11,7 @@ from pipelines.models.tiny import TINY_MODEL_NOTICE
 from studio.context import StudioConfig, StudioContext, build_context
 from studio.routes import install_owner_checks, install_path_checks
 from studio.tabs import TABS
-from studio.ui import CSS, guard
+from studio.ui import CSS
 
 log = logging.getLogger("studio")
 

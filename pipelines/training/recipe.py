@@ -16,6 +16,16 @@ from pipelines.errors import UserError
 TRAIN_REQUEST_VERSION = 1
 
 
+def _known_fields(cls, data, what: str) -> dict:
+    """A copy of ``data`` after checking it is a JSON object whose keys are all fields of dataclass ``cls``."""
+    if not isinstance(data, dict):
+        raise UserError(f"a {what} {'request' if what == 'train' else 'recipe'} must be a JSON object")
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    if unknown:
+        raise UserError(f"unknown {what} setting(s): {', '.join(unknown)}")
+    return dict(data)
+
+
 class LrSchedule(str, Enum):
     CONSTANT = "constant"  # linear warmup, then constant
     LINEAR = "linear"  # linear warmup, then linear decay to 0 at the last step
@@ -86,13 +96,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Recipe":
-        if not isinstance(data, dict):
-            raise UserError("a recipe must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"unknown recipe setting(s): {', '.join(unknown)}")
-        data = dict(data)
+        data = _known_fields(cls, data, "recipe")
         try:
             if "schedule" in data:
                 data["schedule"] = LrSchedule(data["schedule"])
@@ -166,12 +170,7 @@ class TrainRequest:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainRequest":
-        if not isinstance(data, dict):
-            raise UserError("a train request must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"unknown train setting(s): {', '.join(unknown)}")
+        data = _known_fields(cls, data, "train")
         try:
             return cls(**data).validate()
         except TypeError as exc:

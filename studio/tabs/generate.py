@@ -44,6 +44,22 @@ def job_view(ctx, job_id: str | None, request: gr.Request):
     return (progress_html(job.progress, job.message or "", status), job.preview, video, settings, note)
 
 
+def wire_job_panel(ctx, timer, cancel, job_id, outputs) -> None:
+    """The standard job panel: every tick show the job in ``job_id`` on ``outputs`` (progress html, latent
+    preview, video, settings file, status markdown: job_view's order); Cancel cancels it (its owner only)."""
+
+    def poll(jid, request: gr.Request):
+        return job_view(ctx, jid, request)
+
+    def do_cancel(jid, request: gr.Request):
+        if jid:
+            ctx.jobs.cancel(jid, ctx.owner(request))
+        return job_view(ctx, jid, request)
+
+    timer.tick(guard(poll), job_id, outputs, api_visibility="private", show_progress="hidden")
+    cancel.click(guard(do_cancel), job_id, outputs, api_visibility="private")
+
+
 def vram_text(model: str, tier: str, width, height, frames, refs: int = 0, downscale: int = 1) -> str:
     """The predicted peak VRAM shown before a run (pipelines.models.memory; real LTX-2.3 sizes)."""
     from pipelines.models.memory import choose_tier, estimate, free_vram_gb
@@ -120,19 +136,7 @@ def build(ctx):
     go.click(submit, [prompt, negative, image, width, height, frames, fps, model, tier, schedule, steps, cfg, seed],
              [job_id, progress], api_visibility="private")
 
-    def poll(jid, request: gr.Request):
-        return job_view(ctx, jid, request)
-
-    timer.tick(guard(poll), job_id, [progress, preview, video, settings, status], api_visibility="private",
-               show_progress="hidden")
-
-    @guard
-    def do_cancel(jid, request: gr.Request):
-        if jid:
-            ctx.jobs.cancel(jid, ctx.owner(request))
-        return job_view(ctx, jid, request)
-
-    cancel.click(do_cancel, job_id, [progress, preview, video, settings, status], api_visibility="private")
+    wire_job_panel(ctx, timer, cancel, job_id, [progress, preview, video, settings, status])
 
     def apply_request(d: dict) -> list:
         """Values for request_inputs from a past GenerateRequest dict (History's "Reuse settings")."""

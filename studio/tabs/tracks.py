@@ -204,7 +204,7 @@ def build_request(value: str | None, lora: str | None, image: str | None, prompt
 # ------------------------------------------------------------------------------------------------ the tab ---
 
 def build(ctx):
-    from studio.tabs.generate import job_view, model_choices
+    from studio.tabs.generate import model_choices, wire_job_panel
 
     tiny = ctx.config.model == "tiny"
     shared = getattr(ctx, "shared", {}) or {}
@@ -376,17 +376,5 @@ def build(ctx):
     go.click(submit, [sketcher, lora_pick, first, prompt, width, height, frames, fps, strength, seed],
              [job_id, progress], **priv)
 
-    def poll(jid, request: gr.Request):
-        return job_view(ctx, jid, request)
-
-    timer.tick(guard(poll), job_id, [progress, latent, video, settings, job_status], api_visibility="private",
-               show_progress="hidden")
-
-    @guard
-    def do_cancel(jid, request: gr.Request):
-        if jid:
-            ctx.jobs.cancel(jid, ctx.owner(request))
-        return job_view(ctx, jid, request)
-
-    cancel.click(do_cancel, job_id, [progress, latent, video, settings, job_status], **priv)
+    wire_job_panel(ctx, timer, cancel, job_id, [progress, latent, video, settings, job_status])
     return {"sketcher": sketcher, "preview": preview}

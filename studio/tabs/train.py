@@ -11,7 +11,6 @@ checkpoint ("Continue"). Tensor work stays in pipelines.training; this module on
 from __future__ import annotations
 
 import html
-import json
 import shutil
 import time
 import uuid
