@@ -106,7 +106,7 @@ def test_train_job_stop_continue_and_hand_off(studio_server, clips):
     assert gen.status.value == "done", gen.error
 
 
-def test_bad_uploads_are_refused_with_a_message(studio_server, tmp_path):
+def test_bad_uploads_are_refused_with_a_message(studio_server, tmp_path, clips):
     from pipelines.errors import UserError
     from studio.tabs import train as tab
 
@@ -115,8 +115,10 @@ def test_bad_uploads_are_refused_with_a_message(studio_server, tmp_path):
         tab.stage_dataset(ctx, "local", [])
     bad = tmp_path / "notes.docx"
     bad.write_text("x")
+    before = set((Path(ctx.outputs_dir) / "local" / "datasets").glob("*"))
     with pytest.raises(UserError, match="notes.docx"):
-        tab.stage_dataset(ctx, "local", [str(bad)])
+        tab.stage_dataset(ctx, "local", [str(clips[0]), str(bad)])  # one good file copied, then the bad one
+    assert set((Path(ctx.outputs_dir) / "local" / "datasets").glob("*")) == before  # nothing half-staged
     # a job whose data lies outside the user's folders is refused before any work
     jid = ctx.jobs.submit("local", "train", train_request("/etc"))
     job = ctx.jobs.wait(jid, timeout=60)

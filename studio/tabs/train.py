@@ -129,11 +129,14 @@ def stage_dataset(ctx, owner: str, files: list) -> Path:
     dest = user_outputs_dir(ctx.outputs_dir, owner) / "datasets" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     dest.mkdir(parents=True, exist_ok=False)
     paths = [Path(getattr(f, "name", f)) for f in files]
-    for p in paths:
-        if p.suffix.lower() not in CLIP_TYPES:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise UserError(f"{p.name}: not a clip, caption, image or .zip (accepted: {', '.join(CLIP_TYPES)})")
-        shutil.copyfile(p, dest / p.name)
+    try:
+        for p in paths:
+            if p.suffix.lower() not in CLIP_TYPES:
+                raise UserError(f"{p.name}: not a clip, caption, image or .zip (accepted: {', '.join(CLIP_TYPES)})")
+            shutil.copyfile(p, dest / p.name)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)  # no half-staged dataset left behind
+        raise
     zips = [p for p in paths if p.suffix.lower() == ".zip"]
     if zips and len(paths) == 1:
         return dest / zips[0].name
