@@ -143,4 +143,7 @@ def test_browser_train_from_upload_to_generator(studio_server, page, clips):
     page.locator("#train-note").get_by_text("Sent").wait_for(timeout=30_000)
     page.get_by_role("tab", name="Union control").click()
     page.get_by_text("Using trained IC-LoRA").wait_for(timeout=30_000)
+    page.locator("#union-go").click()  # generate with the trained checkpoint and its reference still
+    page.locator('#union-progress [data-status="done"]').wait_for(timeout=120_000)
+    page.locator("#union-video video").wait_for(timeout=30_000)
     screenshot(page, "train-handoff-union")

@@ -282,7 +282,8 @@ def hand_off(ctx, job_id: str | None, owner: str, lora: str | None) -> dict:
     ref = run / "validation" / "reference.png"
     if not ref.is_file():
         raise UserError("this run has no reference image yet (it is written before the first step)")
-    return {"path": str(lora_path), "reference_image": str(ref), "name": f"{run.parent.name}/{lora_path.parent.name}"}
+    step = lora_path.parent.name.removeprefix("step_").lstrip("0") or "0"
+    return {"path": str(lora_path), "reference_image": str(ref), "name": f"run {run.parent.name[:8]} · step {step}"}
 
 
 # ---------------------------------------------------------------------------------------------- the tab

@@ -480,6 +480,8 @@ def build(ctx):
             return prog, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), already
         job = ctx.jobs.get(jid, ctx.owner(request))
         ctl = ((job.request or {}).get("controls") or [{}])[0].get("path")
+        if ctl and Path(ctl).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
+            ctl = None  # a still reference (trained face LoRA): it is on screen as the control frame already
         return prog, prev, vid, ctl, sett, note, jid
 
     timer.tick(guard(poll), [job_id, shown], [progress, preview, video, used_control, settings, status, shown],
@@ -508,12 +510,13 @@ def build(ctx):
     if "lora" in shared:  # "Use in generator" from the Face trainer: its checkpoint + reference still
         def take_lora(d):
             if not d:
-                return (gr.skip(),) * 5
+                return (gr.skip(),) * 6
             res = {"control": d["reference_image"], "reference_still": True}
             note = (f"Using trained IC-LoRA **{html.escape(d.get('name', Path(d['path']).name))}** with its reference "
                     "image as the control (a still: one latent frame). Write a prompt and generate.")
-            return d["path"], res, note, d["reference_image"], progress_html(1, "reference image ready", "done")
+            return (d["path"], res, note, d["reference_image"], progress_html(1, "reference image ready", "done"),
+                    "passthrough")
 
         shared["lora"].change(guard(take_lora), shared["lora"], [ic_upload, pre_result, pre_report, ctl_frame,
-                                                                  pre_progress], api_visibility="private")
+                                                                  pre_progress, kind], api_visibility="private")
     return {"clip": clip, "kind": kind, "make": make, "prompt": prompt, "settings_json": json}
