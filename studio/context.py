@@ -71,6 +71,34 @@ class StudioContext:
             return self._zero_gpu_run(owner, kind, request)
         return self.jobs.submit(owner, kind, request)
 
+    def job_state(self, key: str):
+        """A gr.BrowserState holding a tab's current job id in the browser's localStorage. Its encryption
+        secret is kept beside the outputs, so a page reopened after a server RESTART still finds its job
+        (with Gradio's default random secret the stored value becomes unreadable on restart)."""
+        import gradio as gr
+
+        return gr.BrowserState(None, storage_key=f"iclora-{key}-job", secret=self.browser_secret())
+
+    def browser_secret(self) -> str:
+        import secrets
+
+        path = Path(self.outputs_dir) / ".browser_state_secret"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)  # first writer wins; everyone then reads the same secret
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+        return path.read_text().strip()
+
     def allowed_roots(self) -> list[str]:
         roots = [str(self.outputs_dir), str(ASSETS_DIR)]
         if self.models_dir:

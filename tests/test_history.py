@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -77,10 +78,32 @@ def test_view_resends_gallery_only_on_change(ctx):
     assert pick["value"] == jid
     _, gallery2, _, sig2, _, _ = history.history_view(ctx, "alice", jid, sig)
     assert sig2 == sig and isinstance(gallery2, type(gr.skip()))
-    video, settings, note = history.detail_view(ctx, "alice", jid)
+    video, settings, note, resume = history.detail_view(ctx, "alice", jid)
     assert video.endswith("output.mp4") and settings["seed"] == 7 and "done" in note
+    assert resume["visible"] is False  # a finished generation has nothing to resume
     with pytest.raises(JobNotFound):
         history.detail_view(ctx, "bob", jid)
+
+
+def test_interrupted_training_offers_resume(ctx):
+    def train(request, jctx):
+        for _ in range(200):
+            jctx.raise_if_cancelled()  # a run cut short between steps
+            time.sleep(0.05)
+        return {}
+
+    ctx.jobs.register("train", train, resumable=True)
+    jid = ctx.jobs.submit("alice", "train", {"data": "x"})
+    for _ in range(100):
+        if ctx.jobs.get(jid, "alice").status.value == "running":
+            break
+        time.sleep(0.05)
+    ctx.jobs.cancel(jid, "alice")
+    assert ctx.jobs.wait(jid, timeout=10).status.value == "cancelled"
+    *_, note, resume = history.detail_view(ctx, "alice", jid)
+    assert resume["visible"] is True and "Resume" in note
+    new = ctx.jobs.resume(jid, "alice")
+    assert ctx.jobs.get(new, "alice").resumed_from == jid
 
 
 def test_running_job_shows_progress(ctx):

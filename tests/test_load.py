@@ -194,3 +194,39 @@ def test_restart_marks_interrupted_and_queue_works(tmp_path):
             proc.wait(15)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_reopened_page_finds_its_job_after_a_server_restart(tmp_path, browser):
+    """The Generate tab keeps its job id in the browser; the id must still be readable after the server is
+    killed and started again (a fixed BrowserState secret beside the outputs), so the page shows the job."""
+    port, outputs = free_port(), tmp_path / "outputs"
+    url = f"http://127.0.0.1:{port}/"
+    proc = _start_app(port, outputs)
+    page = browser.new_page()
+    try:
+        _client(url, proc)
+        page.goto(url, wait_until="load")
+        page.fill("#gen-prompt textarea", "a red ball that survives a restart")
+        for sel, val in (("Width", "64"), ("Height", "64")):
+            box = page.get_by_label(sel, exact=True)
+            box.fill(val)
+            box.press("Tab")
+        page.click("#gen-go")
+        page.wait_for_selector('#gen-progress [data-status="done"]', timeout=120_000)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    proc = _start_app(port, outputs)
+    try:
+        _client(url, proc)
+        page.reload(wait_until="load")
+        page.wait_for_selector('#gen-progress [data-status="done"]', timeout=30_000)
+        page.wait_for_selector("#gen-video video", timeout=30_000)
+        assert (outputs / ".browser_state_secret").stat().st_mode & 0o077 == 0  # readable by the server only
+    finally:
+        page.close()
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -117,7 +117,7 @@ def build(ctx):
     for comp in (model, tier, width, height, frames):
         comp.change(guard(vram_text), [model, tier, width, height, frames], vram, api_visibility="private",
                     show_progress="hidden")
-    job_id = gr.BrowserState(None, storage_key="iclora-generate-job")
+    job_id = ctx.job_state("generate")
     timer = gr.Timer(1.0)
 
     @guard

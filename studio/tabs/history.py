@@ -102,17 +102,24 @@ def history_view(ctx, owner: str, selected: str | None, last_sig: str | None, li
     return rows, gallery, ids, sig, bars or "<i>no running jobs</i>", gr.update(choices=choices, value=value)
 
 
+def resumable(job) -> bool:
+    """A training (or other resumable job) that stopped without finishing: it can continue where it was."""
+    return bool(job.resumable) and job.status.value in ("interrupted", "failed", "cancelled")
+
+
 def detail_view(ctx, owner: str, job_id: str | None):
-    """(video, settings JSON, status markdown) for one job."""
+    """(video, settings JSON, status markdown, resume button update) for one job."""
     if not job_id:
-        return None, None, ""
+        return None, None, "", gr.update(visible=False)
     job = ctx.jobs.get(job_id, owner)
     media = output_media(job)
     video = media if media and media.lower().endswith(VIDEO_EXT) else None
     note = f"**{job.status.value}** · {job.kind} · `{job.id}`"
     if job.error:
         note += f"\n\n{job.error}"
-    return video, settings_of(job), note
+    if resumable(job):
+        note += "\n\nThis run stopped before it finished: **Resume** continues it from its last checkpoint."
+    return video, settings_of(job), note, gr.update(visible=resumable(job))
 
 
 def build(ctx):
@@ -129,7 +136,9 @@ def build(ctx):
         with gr.Column(scale=3):
             status = gr.Markdown(elem_id="hist-status")
             settings = gr.JSON(label="Settings", elem_id="hist-settings")
-            reuse = gr.Button("Reuse settings", elem_id="hist-reuse")
+            with gr.Row():
+                reuse = gr.Button("Reuse settings", elem_id="hist-reuse")
+                resume = gr.Button("Resume", variant="primary", visible=False, elem_id="hist-resume")
             request_json = gr.Code(label="Request (paste into the API, or reuse in its tab)", language="json",
                                    elem_id="hist-request")
     ids = gr.State([])
@@ -149,7 +158,15 @@ def build(ctx):
     def show(job_id, request: gr.Request):
         return detail_view(ctx, ctx.owner(request), job_id)
 
-    pick.change(guard(show), pick, [video, settings, status], api_visibility="private")
+    pick.change(guard(show), pick, [video, settings, status, resume], api_visibility="private")
+
+    def do_resume(job_id, request: gr.Request):
+        if not job_id:
+            return gr.skip(), gr.skip()
+        new = ctx.jobs.resume(job_id, ctx.owner(request))
+        return (f"Resumed as `{new}`: it is in the list above with its progress.", gr.update(visible=False))
+
+    resume.click(guard(do_resume), pick, [status, resume], api_visibility="private")
 
     def select(evt: gr.SelectData, id_list):
         i = evt.index if isinstance(evt.index, int) else (evt.index or [0])[0]

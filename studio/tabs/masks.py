@@ -291,7 +291,7 @@ def build(ctx):
                 progress = gr.HTML(progress_html(0, "no job yet", "idle"), elem_id="mask-progress")
                 gen_video = gr.Video(label="Result", interactive=False, elem_id="mask-gen-video")
                 gen_status = gr.Markdown()
-    job_id = gr.BrowserState(None, storage_key="iclora-masks-job")
+    job_id = ctx.job_state("masks")
     timer = gr.Timer(1.0)
 
     params = [editor, keys, width, height, frames, down, strength, fade_in, fade_out, invert, feather]

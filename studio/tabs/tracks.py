@@ -273,7 +273,7 @@ def build(ctx):
                 latent = gr.Image(label="Latent preview", interactive=False, height=110, format="png")
                 settings = gr.File(label="Settings (JSON)", interactive=False)
     bg_path = gr.State(None)  # the background as a PNG in the user's folder (the default first frame)
-    job_id = gr.BrowserState(None, storage_key="iclora-tracks-job")
+    job_id = ctx.job_state("tracks")
     timer = gr.Timer(1.0)
     priv = dict(api_visibility="private")
 

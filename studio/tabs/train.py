@@ -349,7 +349,7 @@ def build(ctx):
 
     data = gr.State(None)
     overrides = gr.State({})
-    job_id = gr.BrowserState(None, storage_key="iclora-train-job")
+    job_id = ctx.job_state("train")
     sig = gr.State(None)
     timer = gr.Timer(2.0)
     priv = {"api_visibility": "private"}

@@ -379,7 +379,7 @@ def build(ctx):
             sent = gr.Markdown()
 
     pre_result = gr.State(None)  # the finished preprocess job's result dict
-    job_id = gr.BrowserState(None, storage_key="iclora-union-job")
+    job_id = ctx.job_state("union")
     shown = gr.State(None)  # job id whose result is already on screen (the timer then leaves it alone)
     timer = gr.Timer(1.0)
     shared = ctx.shared
