@@ -209,3 +209,31 @@ def test_cli_bad_data_dir_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pipelines", "train", "--data", str(empty), "--out",
                         str(tmp_path / "run")], capture_output=True, text=True)
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_two_processes_share_one_run(dataset, tmp_path):
+    """`torchrun --nproc_per_node 2 -m pipelines train ...` (the accelerate path; gloo on this CPU box): rank 0
+    fills the cache and the other rank finds it filled, the ranks train on different clips, one set of files."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                        "127.0.0.1", "--master_port", str(port), "-m", "pipelines", "train", "--data", str(dataset),
+                        "--out", str(run), "--steps", "4", "--checkpoint-every", "2", "--sample-every", "0",
+                        "--rank", "4", "--alpha", "4", "--lr", "1e-3"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("(cached)") == 4  # the second rank read what rank 0 encoded
+    losses = [line for line in r.stderr.splitlines() if line.startswith("step 1/4")]
+    assert len(losses) == 2 and losses[0] != losses[1]  # two ranks, two different clips at step 1
+    logged = [json.loads(line)["step"] for line in (run / "loss.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4]  # rank 0 alone writes the log, checkpoints and the export
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00002", "step_00004"]
+    from pipelines.models.lora import read_lora
+
+    assert read_lora(run / "lora.safetensors").rank == 4

@@ -6,7 +6,9 @@ Train an identity IC-LoRA from a folder (or .zip) of clips: dataset check -> ref
 sample) -> RUN_DIR/lora.safetensors (ComfyUI / official format) + lora.sanity.json.
 While it runs, touch RUN_DIR/control/sample_now, save_now or stop to ask for a sample, a checkpoint, or a
 clean stop. --resume continues from the last checkpoint with the same loss curve as an uninterrupted run.
-Multi-GPU: `accelerate launch -m pipelines train ...` (same arguments; rank 0 writes the files).
+Multi-GPU: `accelerate launch --multi_gpu --num_processes N -m pipelines train ...` or
+`torchrun --nproc_per_node N -m pipelines train ...` (same arguments; rank 0 fills the cache first and writes
+every file, the ranks train on different clips with averaged gradients).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="run folder (cache, checkpoints, samples, loss.jsonl, final LoRA)")
     p.add_argument("--model", default="tiny", help="'tiny', a model name in --models-dir, or a diffusers folder")
     p.add_argument("--models-dir", default=None, help="models folder (default: $ICLORA_MODELS_DIR)")
-    p.add_argument("--steps", type=int, help="training steps (preset default: 500)")
+    p.add_argument("--steps", type=int, help="training steps (preset default: 1000)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (default 250; 0 = only at the end)")
     p.add_argument("--sample-every", type=int, help="validation sample every N steps (default 250; 0 = never)")

@@ -547,6 +547,19 @@ def resolve_model(model: str, models_dir: str | None = None):
     return get_spec(model, models_dir or Paths.resolve().models_dir)
 
 
+def _main_process_first():
+    """accelerate's main_process_first() under `accelerate launch` / torchrun (WORLD_SIZE > 1), else a no-op."""
+    import contextlib
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return contextlib.nullcontext()
+    import torch
+    from accelerate import PartialState
+
+    # the same process group the Trainer's Accelerator joins (gloo on CPU-only hosts, nccl on GPUs)
+    return PartialState(cpu=not torch.cuda.is_available()).main_process_first()
+
+
 def run_training(req, loaded=None, callbacks: TrainCallbacks | None = None,
                  on_status: Callable[[str], None] | None = None) -> TrainResult:
     """TrainRequest -> dataset report -> references -> cache -> train -> final export in RUN_DIR."""
@@ -572,8 +585,10 @@ def run_training(req, loaded=None, callbacks: TrainCallbacks | None = None,
 
         loaded = default_cache().get(resolve_model(req.model, req.models_dir))
     load_encoders(loaded)  # the text encoder may be parked in CPU memory (resident tiers): captions need it
-    items = preprocess(report, assignments, loaded, run / "cache", recipe,
-                       on_item=lambda i, n, name, skip: say(f"cache {i}/{n}: {name}" + (" (cached)" if skip else "")))
+    with _main_process_first():  # multi-process: rank 0 fills the cache, the others then find it filled
+        items = preprocess(report, assignments, loaded, run / "cache", recipe,
+                           on_item=lambda i, n, name, skip: say(f"cache {i}/{n}: {name}"
+                                                               + (" (cached)" if skip else "")))
     free_encoders(loaded)
     try:
         trainer = Trainer(loaded, items, recipe, run, base_model=loaded.spec.name, trigger=report.trigger,
