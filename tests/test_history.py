@@ -151,6 +151,47 @@ def test_spaces_detection_and_wrap():
     assert "sdk: gradio" in spaces.SPACES_README_FRONT_MATTER and "app_file: app.py" in spaces.SPACES_README_FRONT_MATTER
 
 
+def test_zero_gpu_runs_gpu_jobs_inside_the_callers_spaces_gpu_call(tmp_path, monkeypatch):
+    """On ZeroGPU the GPU exists only inside a @spaces.GPU call made by the request: ctx.submit must run a gpu
+    job right there (not in a worker thread), through spaces.GPU(duration=300); light jobs still queue."""
+    import sys
+    import threading
+    import types
+
+    from studio.context import StudioConfig, StudioContext
+
+    calls = []
+    fake = types.ModuleType("spaces")
+
+    def gpu(duration=60):
+        def wrap(fn):
+            def run(*a, **k):
+                calls.append(duration)
+                return fn(*a, **k)
+            return run
+        return wrap
+
+    fake.GPU = gpu
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    for k, v in {"SYSTEM": "spaces", "SPACE_ID": "me/studio", "SPACES_ZERO_GPU": "true"}.items():
+        monkeypatch.setenv(k, v)
+    jobs = JobManager(tmp_path / "out")
+    seen = {}
+    jobs.register("generate", lambda r, j: seen.update(gen=threading.get_ident()) or {"ok": 1}, lane="gpu")
+    jobs.register("preview", lambda r, j: seen.update(light=threading.get_ident()) or {}, lane="light")
+    ctx = StudioContext(config=StudioConfig(outputs_dir=str(tmp_path / "out")), jobs=jobs, service=None)
+    try:
+        jid = ctx.submit("alice", "generate", {"prompt": "x"})
+        job = jobs.get(jid, "alice")
+        assert job.status.value == "done" and job.result == {"ok": 1}  # finished when submit returned
+        assert seen["gen"] == threading.get_ident() and calls == [300]
+        lid = ctx.submit("alice", "preview", {})
+        jobs.wait(lid, timeout=10)
+        assert seen["light"] != threading.get_ident() and calls == [300]  # queued as usual, no GPU call
+    finally:
+        jobs.shutdown(timeout=5)
+
+
 def test_browser_reuse_settings_fills_the_generate_tab(studio_server, page):
     """History -> pick a past generation -> "Reuse settings": its prompt, size and seed are back in Generate."""
     from pipelines.requests import GenerateRequest
