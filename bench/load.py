@@ -56,7 +56,6 @@ def served(args, tmp: Path) -> dict:
 
     from studio.app import launch
     from studio.context import StudioConfig
-    from studio.routes import install_owner_checks
     import socket
 
     with socket.socket() as s:
@@ -64,7 +63,6 @@ def served(args, tmp: Path) -> dict:
         port = s.getsockname()[1]
     cfg = StudioConfig(outputs_dir=str(tmp / "outputs"), port=port)
     demo, ctx = launch(cfg, prevent_thread_lock=True, quiet=True)
-    install_owner_checks(demo, ctx)
     url = f"http://127.0.0.1:{port}/"
     try:
         watcher = Client(url, download_files=False, verbose=False)

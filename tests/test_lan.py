@@ -18,12 +18,11 @@ def free_port() -> int:
 
 
 def launch_studio(tmp_path, users: dict[str, str] | None):
-    """Launch the studio as app.py would (optionally with a users file), plus the owner checks from
-    studio.routes. Returns (url, ctx, demo)."""
+    """Launch the studio as app.py does (optionally with a users file): launch() itself installs the owner
+    checks on the file routes and the path checks on the jobs. Returns (url, ctx, demo)."""
     from studio import auth
     from studio.app import launch
     from studio.context import StudioConfig
-    from studio.routes import install_owner_checks, install_path_checks
 
     auth_file = None
     if users:
@@ -33,8 +32,6 @@ def launch_studio(tmp_path, users: dict[str, str] | None):
     cfg = StudioConfig(outputs_dir=str(tmp_path / "outputs"), port=free_port(),
                        auth_file=str(auth_file) if auth_file else None)
     demo, ctx = launch(cfg, prevent_thread_lock=True, quiet=True)
-    install_owner_checks(demo, ctx)
-    install_path_checks(ctx)
     return f"http://127.0.0.1:{cfg.port}/", ctx, demo
 
 
