@@ -95,6 +95,8 @@ def test_outputs_only_for_their_owner(lan, alice_job):
     assert r.status_code == 200
     assert cb.get(file_url(video)).status_code == 404
     assert cb.get("gradio_api/file/" + urllib.parse.quote(video)).status_code == 404  # the older route form
+    assert cb.get("file=" + urllib.parse.quote(video)).status_code != 200  # no unprefixed route serves it
+    assert cb.get("gradio_api/file=" + urllib.parse.quote(video).replace("/", "//")).status_code == 404
     import httpx
 
     assert httpx.get(url + file_url(video)).status_code in (401, 403, 404)  # not logged in
