@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -126,3 +128,16 @@ def test_cli_probe_and_error(make_video, tmp_path):
     bad.write_text("not a video")
     r = run_cli("probe", str(bad))
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_without_a_models_folder_the_official_models_are_listed_as_missing():
+    from pipelines.errors import UserError
+    from pipelines.models.registry import discover, get_spec
+
+    specs = {s.name: s for s in discover(None)}
+    assert specs["tiny"].ready
+    dev = specs["ltx-2.3-dev"]
+    assert not dev.ready and not any(c.found for c in dev.components)
+    assert "ltx-2.3-22b-dev.safetensors" in [c.expected for c in dev.components]
+    with pytest.raises(UserError, match="no models folder.*ltx-2.3-22b-dev.safetensors"):
+        get_spec("ltx-2.3-dev", None)

@@ -93,12 +93,10 @@ def _config_folder(models_dir: Path, diffusers_folders: list[Path]) -> str | Non
 def discover(models_dir: str | Path | None) -> list[ModelSpec]:
     """All model specs: the tiny model first, then whatever the models folder holds (ready or not)."""
     specs = [tiny_spec()]
-    if not models_dir:
-        return specs
-    base = Path(models_dir)
-    if not base.is_dir():
-        return specs
-    folders = sorted(p.parent for p in base.glob("*/model_index.json"))
+    # Without a models folder the official LTX-2.3 entries are still listed, every file missing, so the Models
+    # tab and `python -m pipelines models` say exactly which files to get and where they go.
+    base = Path(models_dir) if models_dir and Path(models_dir).is_dir() else None
+    folders = sorted(p.parent for p in base.glob("*/model_index.json")) if base else []
     for folder in folders:
         if folder.name == CONFIG_DIR:
             continue
@@ -107,14 +105,14 @@ def discover(models_dir: str | Path | None) -> list[ModelSpec]:
         comps.append(Component("upsampler", UPSAMPLER_FILE, _find(base, UPSAMPLER_FILE) or _find(folder, "latent_upsampler")))
         sched = "distilled" if "distill" in folder.name.lower() else "full"
         specs.append(ModelSpec(folder.name, ModelKind.DIFFUSERS, str(folder), sched, comps))
-    cfg = _config_folder(base, [f for f in folders if f.name != CONFIG_DIR])
-    gemma = str(base / GEMMA_DIR) if (base / GEMMA_DIR / "config.json").is_file() else None
+    cfg = _config_folder(base, [f for f in folders if f.name != CONFIG_DIR]) if base else None
+    gemma = str(base / GEMMA_DIR) if base and (base / GEMMA_DIR / "config.json").is_file() else None
     for name, (fname, sched) in OFFICIAL_FILES.items():
-        ckpt = _find(base, fname)
+        ckpt = _find(base, fname) if base else None
         comps = [Component("checkpoint", fname, ckpt),
                  Component("config", f"{CONFIG_DIR}/ (diffusers configs: model_index.json, */config.json)", cfg),
                  Component("text_encoder", f"{GEMMA_DIR}/ (config.json, model*.safetensors, tokenizer.model)", gemma),
-                 Component("upsampler", UPSAMPLER_FILE, _find(base, UPSAMPLER_FILE))]
+                 Component("upsampler", UPSAMPLER_FILE, _find(base, UPSAMPLER_FILE) if base else None)]
         specs.append(ModelSpec(name, ModelKind.SINGLE_FILE, ckpt, sched, comps))
     return specs
 
@@ -127,7 +125,9 @@ def get_spec(name: str, models_dir: str | Path | None) -> ModelSpec:
         if s.name == name:
             if not s.ready:
                 missing = [f"{c.name}: {c.expected}" for c in s.components if not c.found and c.name != "upsampler"]
-                raise UserError(f"model {name} is missing files in {models_dir}: " + "; ".join(missing))
+                where = f"in {models_dir}" if models_dir else \
+                    "(no models folder: pass --models-dir or set ICLORA_MODELS_DIR to a folder holding them)"
+                raise UserError(f"model {name} is missing files {where}: " + "; ".join(missing))
             return s
     names = ", ".join(s.name for s in specs)
     where = f" in {models_dir}" if models_dir else " (no --models-dir given)"
