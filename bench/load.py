@@ -1,5 +1,6 @@
 """Load bench: M gradio_client clients x N tiny generations against a studio on loopback, versus the same
-M*N generations run back to back on pipelines.service.EngineService with no server.
+M*N generations run back to back on pipelines.service.EngineService with no server. The studio runs as
+`python app.py` in its own process, as users run it.
 
 Prints throughput (jobs/s), queue wait p50/p95 (job started - submitted, from the job rows), light-endpoint
 (/jobs) latency p50/p95 measured by a separate client polling during the load, and the ratio of server wall
@@ -52,20 +53,30 @@ def baseline(args, tmp: Path) -> float:
 
 
 def served(args, tmp: Path) -> dict:
-    from gradio_client import Client
-
-    from studio.app import launch
-    from studio.context import StudioConfig
+    """The studio as users run it (`python app.py` in its own process, so the clients here do not share its
+    interpreter), M gradio_client clients submitting at once, one more polling the light /jobs endpoint."""
     import socket
+    import subprocess
+
+    from gradio_client import Client
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = StudioConfig(outputs_dir=str(tmp / "outputs"), port=port)
-    demo, ctx = launch(cfg, prevent_thread_lock=True, quiet=True)
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--outputs-dir", str(tmp / "outputs")],
+                            cwd=root, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
     try:
-        watcher = Client(url, download_files=False, verbose=False)
+        deadline = time.time() + 120
+        while True:
+            try:
+                watcher = Client(url, download_files=False, verbose=False)
+                break
+            except Exception:  # noqa: BLE001  not up yet
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("the studio did not start") from None
+                time.sleep(0.5)
         for w in range(2):
             warm = watcher.predict(request(args, 900 + w), api_name="/generate")
             watcher.predict(warm, 600, api_name="/wait")
@@ -93,13 +104,17 @@ def served(args, tmp: Path) -> dict:
             lat.append(time.perf_counter() - s)
             time.sleep(0.2)
         wall = time.perf_counter() - t0
-        jobs = [ctx.jobs.get(i, "local") for i in ids]
-        return {"wall": wall, "done": sum(j.status.value == "done" for j in jobs),
-                "waits": [j.started - j.created for j in jobs], "run": [j.finished - j.started for j in jobs],
+        rows = {j["id"]: j for j in watcher.predict(200, api_name="/jobs")}
+        jobs = [rows[i] for i in ids]
+        return {"wall": wall, "done": sum(j["status"] == "done" for j in jobs),
+                "waits": [j["started"] - j["created"] for j in jobs], "run": [j["finished"] - j["started"] for j in jobs],
                 "lat": lat}
     finally:
-        demo.close()
-        ctx.jobs.shutdown(timeout=5)
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def main() -> int:
