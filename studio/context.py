@@ -57,11 +57,16 @@ class StudioContext:
         return owner_name(user) if user else LOCAL_OWNER
 
     def submit(self, owner: str, kind: str, request) -> str:
-        """Submit a job; returns its id. On a ZeroGPU Space the GPU exists only inside a ``@spaces.GPU`` call
+        """Submit a job; returns its id. A generation's LoRA files are checked first (NaN/Inf, mixed reference
+        factors), so a bad file is refused at once instead of failing after its turn in the queue. On a ZeroGPU Space the GPU exists only inside a ``@spaces.GPU`` call
         made by the request itself (not in a worker thread), so there a gpu-lane job runs right here, inside
         that call (``JobManager.run_now``), and is finished when this returns. Everywhere else: the queue."""
         from studio.spaces import on_zero_gpu
 
+        if kind == "generate" and isinstance(request, dict) and request.get("loras"):
+            from pipelines.models.lora import precheck_loras
+
+            precheck_loras([lo["path"] for lo in request["loras"] if isinstance(lo, dict) and lo.get("path")])
         spec = self.jobs.kinds.get(kind)
         if spec is not None and spec.lane.value == "gpu" and on_zero_gpu():
             if self._zero_gpu_run is None:

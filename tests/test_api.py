@@ -80,3 +80,28 @@ def test_train_through_the_api(studio_client, tmp_path):
         studio_client.predict(jid, "stop", api_name="/train_control")
     with pytest.raises(Exception, match="unknown"):
         studio_client.predict(handle_file(str(z)), {"overrides": {"bogus": 1}}, api_name="/train")
+
+
+def test_bad_lora_is_refused_at_submit_not_after_the_queue(studio_server, studio_client, tiny_model):
+    """A LoRA with a NaN, or IC-LoRAs with different factors, are refused when submitted (no job is made)."""
+    from pathlib import Path
+
+    import torch
+
+    from tests.test_lora import MODS, _ab, write_official
+
+    _, ctx, _ = studio_server
+    folder = Path(ctx.outputs_dir) / "local" / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    ab = _ab(tiny_model.pipe.transformer)
+    d1 = write_official(folder / "d1.safetensors", ab, {"reference_downscale_factor": "1"})
+    d2 = write_official(folder / "d2.safetensors", ab, {"reference_downscale_factor": "2"})
+    ab[MODS[1]] = (ab[MODS[1]][0], ab[MODS[1]][1].clone().index_fill_(1, torch.tensor([0]), float("nan")))
+    nan = write_official(folder / "nan.safetensors", ab, {})
+    before = len(ctx.jobs.list("local", limit=1000))
+    base = {"prompt": "x", "width": 64, "height": 64, "frames": 9}
+    with pytest.raises(Exception, match=r"nan\.safetensors contains NaN/Inf values in .*to_v\.lora_B"):
+        studio_client.predict(dict(base, loras=[{"path": str(nan)}]), api_name="/generate")
+    with pytest.raises(Exception, match="cannot be combined"):
+        studio_client.predict(dict(base, loras=[{"path": str(d1)}, {"path": str(d2)}]), api_name="/generate")
+    assert len(ctx.jobs.list("local", limit=1000)) == before  # nothing was queued

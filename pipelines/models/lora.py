@@ -194,10 +194,7 @@ def validate_lora(lora: LoraFile, transformer) -> None:
     import torch
 
     name = Path(lora.path).name
-    if lora.bad_keys:
-        raise UserError(f"{name} contains NaN/Inf values in {lora.bad_keys[0]}"
-                        + (f" (and {len(lora.bad_keys) - 1} more keys)" if len(lora.bad_keys) > 1 else "")
-                        + "; this file would produce black video. Re-export it from an earlier checkpoint.")
+    _require_finite(lora)
     modules = dict(transformer.named_modules())
     for mod in lora.modules:
         target = modules.get(to_diffusers_module(mod))
@@ -211,6 +208,44 @@ def validate_lora(lora: LoraFile, transformer) -> None:
         if a.shape[1] != target.in_features or b.shape[0] != target.out_features:
             raise UserError(f"{name}: {key} has shape A{tuple(a.shape)} B{tuple(b.shape)} but {mod} is "
                             f"{target.in_features}->{target.out_features} (a LoRA for a different model size?)")
+
+
+def _require_finite(lora: LoraFile) -> None:
+    if lora.bad_keys:
+        raise UserError(f"{Path(lora.path).name} contains NaN/Inf values in {lora.bad_keys[0]}"
+                        + (f" (and {len(lora.bad_keys) - 1} more keys)" if len(lora.bad_keys) > 1 else "")
+                        + "; this file would produce black video. Re-export it from an earlier checkpoint.")
+
+
+_PRECHECKED: dict[tuple, LoraFile] = {}
+
+
+def precheck_loras(paths: list[str]) -> None:
+    """The checks that need no loaded model, for a request about to be queued: each file reads as a LoRA, has
+    no NaN/Inf, and the IC-LoRAs share one reference scale factor. So a bad file is refused when the user
+    submits, not after the job waited its turn behind other renders. Files are read once per version (path,
+    mtime, size); only their summary is kept."""
+    files = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            raise UserError(f"LoRA file {p} does not exist") from None
+        key = (os.path.realpath(p), st.st_mtime_ns, st.st_size)
+        lf = _PRECHECKED.get(key)
+        if lf is None:
+            full = read_lora(p)
+            lf = LoraFile(path=full.path, source_format=full.source_format, tensors={}, metadata=full.metadata,
+                          rank=full.rank, alpha=full.alpha, modules=full.modules,
+                          reference_downscale_factor=full.reference_downscale_factor,
+                          reference_temporal_scale_factor=full.reference_temporal_scale_factor,
+                          bad_keys=full.bad_keys)
+            if len(_PRECHECKED) > 64:
+                _PRECHECKED.clear()
+            _PRECHECKED[key] = lf
+        _require_finite(lf)
+        files.append(lf)
+    check_compatible(files)
 
 
 def check_compatible(loras: list[LoraFile]) -> tuple[int, int]:
@@ -247,5 +282,5 @@ def inspect_lora(path) -> dict:
     return read_lora(path).summary()
 
 
-__all__ = ["LoraFile", "read_lora", "validate_lora", "check_compatible", "save_lora", "inspect_lora",
+__all__ = ["LoraFile", "read_lora", "validate_lora", "precheck_loras", "check_compatible", "save_lora", "inspect_lora",
            "to_diffusers_module"]
