@@ -431,6 +431,19 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, comment
     return out
 
 
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as uint8 [H,W,3] RGB; UserError when it is missing or not an image. (Decoded from bytes,
+    so any file name works.)"""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"image not found: {p}")
+    data = np.fromfile(str(p), np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise UserError(f"{p.name} is not a readable image (png, jpg, webp, bmp or tiff)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
 def read_comment(path: str | os.PathLike) -> str | None:
     """The container's 'comment' tag (where the studio stores the request that made a video), or None."""
     p = _check_input_file(path)

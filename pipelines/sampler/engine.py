@@ -23,6 +23,7 @@ import numpy as np
 from pipelines.errors import Cancelled, UserError
 from pipelines.models.lora import LoraFile, check_compatible, read_lora, validate_lora
 from pipelines.requests import DISTILLED_SIGMAS, STAGE2_SIGMAS, GenerateRequest, Schedule
+from pipelines.video_io import read_image
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,6 @@ class PreparedReferences:
     weights: "object | None"  # torch [R] per-token weights, None = unbiased
     reports: list[str]
     token_counts: list[int]
-
-
-def _read_image(path: str) -> np.ndarray:
-    import cv2
-
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise UserError(f"cannot read image {path} (not an image file?)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def _fit_image(img: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -150,7 +142,7 @@ class Engine:
         lf_target = (req.frames - 1) // 8 + 1
         for i, c in enumerate(req.controls):
             if Path(c.path).suffix.lower() in IMAGE_EXTS:
-                frames = _fit_image(_read_image(c.path), rw, rh)[None]
+                frames = _fit_image(read_image(c.path), rw, rh)[None]
                 reports.append(f"control {i + 1}: still image {Path(c.path).name} used as a 1-frame reference at {rw}x{rh}")
             else:
                 frames, note = self._control_frames(c.path, req, rw, rh)
@@ -285,7 +277,7 @@ class Engine:
         refs = self.prepare_references(req, d, w1, h1)
         image_cond = None
         if req.image:
-            img = _fit_image(_read_image(req.image), w1, h1)
+            img = _fit_image(read_image(req.image), w1, h1)
             from PIL import Image
 
             image_cond = LTX2VideoCondition(frames=Image.fromarray(img), index=0, strength=float(req.image_strength))

@@ -157,18 +157,6 @@ def sample_frames(path: str | os.PathLike, indices: Sequence[int], width: int, h
     return frames, indices[:n]
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as uint8 [H,W,3] RGB; UserError when it is missing or not an image."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"image not found: {p}")
-    data = np.fromfile(str(p), np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        raise UserError(f"{p.name} is not a readable image (png, jpg, webp, bmp or tiff)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 # --------------------------------------------------------------------------------------------- phash
 
 

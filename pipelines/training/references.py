@@ -27,8 +27,9 @@ import numpy as np
 
 from pipelines.errors import UserError
 from pipelines.training.dataset import (
-    DatasetReport, Face, FaceDetector, default_face_detector, read_image, sample_frames, sample_indices,
+    DatasetReport, Face, FaceDetector, default_face_detector, sample_frames, sample_indices,
 )
+from pipelines.video_io import read_image
 
 DEFAULT_MARGIN = 1.8
 REFERENCE_SHORT_SIDE = 512  # frames are scored at this short side (never upscaled)

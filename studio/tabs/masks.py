@@ -51,12 +51,9 @@ def read_frame(source: str | None, t: int, width: int, height: int) -> np.ndarra
     if not source:
         return mask_ui.blank_frame(width, height)
     if Path(source).suffix.lower() in IMAGE_SUFFIXES:
-        import cv2
+        from pipelines.video_io import read_image
 
-        img = cv2.imread(str(source), cv2.IMREAD_COLOR)
-        if img is None:
-            raise UserError(f"cannot read the image {Path(source).name}; upload a PNG or JPEG")
-        return mask_ui.fit_frame(img[..., ::-1], width, height)
+        return mask_ui.fit_frame(read_image(source), width, height)
     from pipelines.video_io import read_video
 
     frames, _ = read_video(source, max_frames=int(t) + 1)

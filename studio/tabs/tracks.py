@@ -21,6 +21,7 @@ import numpy as np
 from pipelines.config import ASSETS_DIR
 from pipelines.errors import UserError
 from pipelines.tracks import Point, Track, TrackSet, load_tracks, render_tracks, save_tracks, write_track_video
+from pipelines.video_io import read_image
 from studio.ui import guard, progress_html
 
 TITLE = "Motion tracks"
@@ -130,13 +131,6 @@ def data_url(rgb: np.ndarray) -> str:
     if not ok:
         raise UserError("could not encode the background image")
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode()
-
-
-def read_image(path: str) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise UserError(f"{Path(path).name} is not a readable image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def with_canvas(value: str | None, width: int, height: int) -> str:
