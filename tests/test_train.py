@@ -221,7 +221,7 @@ def test_two_processes_share_one_run(dataset, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     run = tmp_path / "run"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")  # loopback only
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                         "127.0.0.1", "--master_port", str(port), "-m", "pipelines", "train", "--data", str(dataset),
                         "--out", str(run), "--steps", "4", "--checkpoint-every", "2", "--sample-every", "0",
