@@ -303,3 +303,23 @@ def test_fp8_storage_tier_runs_with_the_reference_bias(controls):
     assert 0 < diff < 8, diff  # quantised weights: a little different, not broken
     full = eng.generate(req_for(controls["a"], 1.0), write=False, previews=False).frames
     assert not np.array_equal(full, out)  # the strength-0.5 bias still acts under fp8 storage
+
+
+def test_diffusers_folder_loads_offline_and_generates(tiny_model, tmp_path):
+    """The real-weights path for a diffusers-format LTX-2.3 folder: registry -> loader (bf16, offline) ->
+    engine. The tiny model saved with save_pretrained stands in for the real folder."""
+    from pipelines.models.loader import ModelCache
+    from pipelines.models.registry import get_spec
+    from pipelines.sampler.engine import Engine
+
+    tiny_model.pipe.save_pretrained(tmp_path / "ltx-2.3-mini-distilled")
+    spec = get_spec("ltx-2.3-mini-distilled", tmp_path)
+    assert spec.ready and spec.default_schedule == "distilled"
+    loaded = ModelCache().get(spec)
+    assert loaded.dtype == torch.bfloat16 and loaded.pipe.transformer.dtype == torch.bfloat16
+    req = req_for(None, 1.0, model="ltx-2.3-mini-distilled")
+    out = Engine(loaded).generate(req, write=False, previews=False)
+    ref = Engine(tiny_model).generate(req_for(None, 1.0), write=False, previews=False)
+    assert out.frames.shape == ref.frames.shape == (F, H, W, 3)
+    assert np.abs(out.frames.astype(int) - ref.frames.astype(int)).mean() < 8  # same weights, bf16 rounding
+    assert out.metadata["request"]["model"] == "ltx-2.3-mini-distilled"

@@ -93,7 +93,7 @@ def _build_diffusers(spec: ModelSpec):
     from diffusers import LTX2InContextPipeline
 
     try:
-        pipe = LTX2InContextPipeline.from_pretrained(spec.path, torch_dtype=torch.bfloat16, local_files_only=True)
+        pipe = LTX2InContextPipeline.from_pretrained(spec.path, dtype=torch.bfloat16, local_files_only=True)
     except Exception as exc:
         raise UserError(f"could not load the diffusers folder {spec.path}: {exc}") from None
     return pipe, _load_upsampler(spec), 1024
@@ -130,11 +130,11 @@ def _build_single_file(spec: ModelSpec):
     gemma = comps.get("text_encoder")
     from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
 
-    text_encoder = Gemma3ForConditionalGeneration.from_pretrained(gemma, torch_dtype=torch.bfloat16, local_files_only=True)
+    text_encoder = Gemma3ForConditionalGeneration.from_pretrained(gemma, dtype=torch.bfloat16, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(gemma, local_files_only=True)
     pipe = LTX2InContextPipeline.from_pretrained(
         cfg, transformer=transformer.to(torch.bfloat16), vae=vae.to(torch.bfloat16), text_encoder=text_encoder,
-        tokenizer=tokenizer, torch_dtype=torch.bfloat16, local_files_only=True)
+        tokenizer=tokenizer, dtype=torch.bfloat16, local_files_only=True)
     return pipe, _load_upsampler(spec), 1024
 
 
