@@ -22,7 +22,8 @@ if os.environ.get("SYSTEM") == "spaces" and os.environ.get("SPACES_ZERO_GPU", ""
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="IC-LoRA Studio for LTX-2.3")
-    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; --listen for 0.0.0.0)")
+    p.add_argument("--host", default=None, help="address to bind (default $GRADIO_SERVER_NAME or 127.0.0.1; "
+                                                "--listen for 0.0.0.0)")
     p.add_argument("--listen", action="store_true", help="serve on 0.0.0.0 (your LAN)")
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--models-dir", default=os.environ.get("ICLORA_MODELS_DIR"), help="folder with LTX-2.3 weights")
@@ -33,13 +34,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def resolve_host(args, env=None) -> str:
+    """--host, else --listen -> 0.0.0.0, else GRADIO_SERVER_NAME (Hugging Face Spaces sets it to 0.0.0.0 and
+    expects the app there), else 127.0.0.1 (this machine only)."""
+    env = os.environ if env is None else env
+    if args.host:
+        return args.host
+    if args.listen:
+        return "0.0.0.0"
+    return env.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from pipelines.errors import UserError
     from studio.app import launch
     from studio.context import StudioConfig
 
-    host = args.host or ("0.0.0.0" if args.listen else "127.0.0.1")
+    host = resolve_host(args)
     cfg = StudioConfig(models_dir=args.models_dir, outputs_dir=args.outputs_dir, model=args.model, host=host,
                        port=args.port, auth_file=args.auth, max_file_size=args.max_file_size)
     try:

@@ -55,3 +55,14 @@ def test_browser_generate_tab_runs_tiny_generation(studio_server, page):
     assert src and ".mp4" in src
     shot = screenshot(page, "generate_tab_done")
     assert shot.stat().st_size > 10_000
+
+
+def test_bind_address_local_lan_and_spaces():
+    """127.0.0.1 by default; --listen or --host for a LAN; on Spaces GRADIO_SERVER_NAME=0.0.0.0 is honoured
+    (the Space's proxy reaches the app there, and app.py gets no arguments)."""
+    import app
+
+    assert app.resolve_host(app.parse_args([]), env={}) == "127.0.0.1"
+    assert app.resolve_host(app.parse_args(["--listen"]), env={}) == "0.0.0.0"
+    assert app.resolve_host(app.parse_args(["--host", "10.0.0.5"]), env={"GRADIO_SERVER_NAME": "0.0.0.0"}) == "10.0.0.5"
+    assert app.resolve_host(app.parse_args([]), env={"GRADIO_SERVER_NAME": "0.0.0.0"}) == "0.0.0.0"
