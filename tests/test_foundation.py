@@ -141,3 +141,73 @@ def test_without_a_models_folder_the_official_models_are_listed_as_missing():
     assert "ltx-2.3-22b-dev.safetensors" in [c.expected for c in dev.components]
     with pytest.raises(UserError, match="no models folder.*ltx-2.3-22b-dev.safetensors"):
         get_spec("ltx-2.3-dev", None)
+
+
+def _official_transformer_key(k: str) -> str:
+    """diffusers LTX2VideoTransformer3DModel key -> the official checkpoint's name (the inverse of diffusers'
+    convert_ltx2_transformer_to_diffusers plus our prompt_adaln fix)."""
+    import re
+
+    for a, b in (("audio_prompt_adaln.", "audio_prompt_adaln_single."), ("prompt_adaln.", "prompt_adaln_single."),
+                 ("av_cross_attn_video_scale_shift", "av_ca_video_scale_shift_adaln_single"),
+                 ("av_cross_attn_video_a2v_gate", "av_ca_a2v_gate_adaln_single"),
+                 ("av_cross_attn_audio_scale_shift", "av_ca_audio_scale_shift_adaln_single"),
+                 ("av_cross_attn_audio_v2a_gate", "av_ca_v2a_gate_adaln_single"),
+                 ("video_a2v_cross_attn_scale_shift_table", "scale_shift_table_a2v_ca_video"),
+                 ("audio_a2v_cross_attn_scale_shift_table", "scale_shift_table_a2v_ca_audio"),
+                 ("norm_q", "q_norm"), ("norm_k", "k_norm"), ("audio_proj_in", "audio_patchify_proj")):
+        k = k.replace(a, b)
+    k = re.sub(r"(?<!audio_)(?<!patchify_)\bproj_in\b", "patchify_proj", k)
+    if k.startswith("time_embed."):
+        k = "adaln_single." + k[len("time_embed."):]
+    elif k.startswith("audio_time_embed."):
+        k = "audio_adaln_single." + k[len("audio_time_embed."):]
+    return "model.diffusion_model." + k
+
+
+def _official_vae_key(k: str) -> str:
+    """diffusers AutoencoderKLLTX2Video key -> the official name (inverse of convert_ltx2_vae_to_diffusers)."""
+    import re
+
+    k = k.replace("latents_mean", "per_channel_statistics.mean-of-means")
+    k = k.replace("latents_std", "per_channel_statistics.std-of-means")
+    k = re.sub(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0", lambda m: f"decoder.@{2 * int(m[1]) + 1}", k)
+    k = re.sub(r"decoder\.up_blocks\.(\d+)\.resnets", lambda m: f"decoder.@{2 * int(m[1]) + 2}.resnets", k)
+    k = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0", lambda m: f"encoder.#{2 * int(m[1]) + 1}", k)
+    k = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets", lambda m: f"encoder.#{2 * int(m[1])}.resnets", k)
+    k = k.replace("decoder.mid_block", "decoder.@0").replace("encoder.mid_block", "encoder.#8")
+    k = k.replace("decoder.@", "decoder.up_blocks.").replace("encoder.#", "encoder.down_blocks.")
+    return "vae." + k.replace("resnets", "res_blocks")
+
+
+def test_official_single_file_checkpoint_loads_and_generates(tiny_model, tmp_path):
+    """The single-file path end to end, offline: an official-layout checkpoint (transformer + VAE keys as
+    Lightricks ships them) beside ltx-2.3-config/ and gemma-3-12b-it/, through the registry, diffusers'
+    converters with our key fixes, and the engine. The tiny model's weights stand in for the real ones, so the
+    output must match the tiny model's up to bf16 rounding (a wrong key would be missing or garble it)."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from pipelines.models.loader import ModelCache
+    from pipelines.models.registry import CONFIG_DIR, GEMMA_DIR, get_spec
+    from pipelines.requests import GenerateRequest
+    from pipelines.sampler.engine import Engine
+
+    pipe = tiny_model.pipe
+    pipe.save_pretrained(tmp_path / CONFIG_DIR)
+    pipe.text_encoder.save_pretrained(tmp_path / GEMMA_DIR)
+    pipe.tokenizer.save_pretrained(tmp_path / GEMMA_DIR)
+    sd = {_official_transformer_key(k): v for k, v in pipe.transformer.state_dict().items()}
+    sd.update({_official_vae_key(k): v for k, v in pipe.vae.state_dict().items()})
+    assert "model.diffusion_model.adaln_single.linear.weight" in sd and any("prompt_adaln_single" in k for k in sd)
+    save_file({k: v.contiguous().clone() for k, v in sd.items()}, str(tmp_path / "ltx-2.3-22b-distilled.safetensors"))
+
+    spec = get_spec("ltx-2.3-distilled", tmp_path)
+    loaded = ModelCache().get(spec)
+    assert loaded.pipe.transformer.dtype == torch.bfloat16
+    req = GenerateRequest(prompt="a red ball rolling", width=64, height=64, frames=9, seed=5, model="ltx-2.3-distilled")
+    out = Engine(loaded).generate(req, write=False, previews=False).frames
+    ref = Engine(tiny_model).generate(GenerateRequest(prompt="a red ball rolling", width=64, height=64, frames=9,
+                                                      seed=5), write=False, previews=False).frames
+    assert np.abs(out.astype(int) - ref.astype(int)).mean() < 8
