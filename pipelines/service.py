@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipelines.errors import UserError
 from pipelines.requests import GenerateRequest
 
 ProgressFn = Callable[[float, str, "str | None"], None]  # fraction, message, preview image path
@@ -59,12 +58,6 @@ class EngineService:
 
 
 def _write_preview(folder: Path, img) -> str:
-    import cv2
+    from pipelines.video_io import write_image
 
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "preview.png"
-    tmp = folder / ".preview.tmp.png"
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
-        raise UserError(f"cannot write preview to {folder}")
-    os.replace(tmp, path)
-    return str(path)
+    return str(write_image(folder / "preview.png", img))

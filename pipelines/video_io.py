@@ -431,6 +431,9 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, comment
     return out
 
 
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # a control/reference given as a still image
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file as uint8 [H,W,3] RGB; UserError when it is missing or not an image. (Decoded from bytes,
     so any file name works.)"""
@@ -442,6 +445,21 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if img is None:
         raise UserError(f"{p.name} is not a readable image (png, jpg, webp, bmp or tiff)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def write_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
+    """Write uint8 RGB [H,W,3] as an image (format from the suffix), atomically: a temp file in the same
+    folder, then os.replace, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)):
+            raise UserError(f"cannot write image {path}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def read_comment(path: str | os.PathLike) -> str | None:

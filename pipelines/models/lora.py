@@ -8,6 +8,7 @@ maps to a Linear module of the loaded transformer, shapes match, every value is 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -234,12 +235,7 @@ def precheck_loras(paths: list[str]) -> None:
         key = (os.path.realpath(p), st.st_mtime_ns, st.st_size)
         lf = _PRECHECKED.get(key)
         if lf is None:
-            full = read_lora(p)
-            lf = LoraFile(path=full.path, source_format=full.source_format, tensors={}, metadata=full.metadata,
-                          rank=full.rank, alpha=full.alpha, modules=full.modules,
-                          reference_downscale_factor=full.reference_downscale_factor,
-                          reference_temporal_scale_factor=full.reference_temporal_scale_factor,
-                          bad_keys=full.bad_keys)
+            lf = dataclasses.replace(read_lora(p), tensors={})
             if len(_PRECHECKED) > 64:
                 _PRECHECKED.clear()
             _PRECHECKED[key] = lf

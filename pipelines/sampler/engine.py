@@ -23,11 +23,10 @@ import numpy as np
 from pipelines.errors import Cancelled, UserError
 from pipelines.models.lora import LoraFile, check_compatible, read_lora, validate_lora
 from pipelines.requests import DISTILLED_SIGMAS, STAGE2_SIGMAS, GenerateRequest, Schedule
-from pipelines.video_io import read_image
+from pipelines.video_io import IMAGE_EXTS, read_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
 @dataclass
@@ -195,9 +194,7 @@ class Engine:
                 if visit:
                     te.to("cpu")
                     torch.cuda.empty_cache()
-            keep = (lambda t: None if t is None else t.detach().to("cpu")) if m.device != "cpu" else \
-                (lambda t: None if t is None else t.detach())
-            hit = tuple(keep(t) for t in (pe, pm, ne, nm))
+            hit = tuple(None if t is None else t.detach().to("cpu") for t in (pe, pm, ne, nm))  # no copy on CPU
             self._prompts[key] = hit
             while len(self._prompts) > self.PROMPT_CACHE:
                 self._prompts.popitem(last=False)

@@ -29,7 +29,7 @@ from pipelines.errors import UserError
 from pipelines.training.dataset import (
     DatasetReport, Face, FaceDetector, default_face_detector, sample_frames, sample_indices,
 )
-from pipelines.video_io import read_image
+from pipelines.video_io import read_image, write_image
 
 DEFAULT_MARGIN = 1.8
 REFERENCE_SHORT_SIDE = 512  # frames are scored at this short side (never upscaled)
@@ -307,18 +307,10 @@ def write_reference_crops(report: DatasetReport, folder: str | os.PathLike, *, s
                           overrides: Mapping[str, str | os.PathLike] | None = None) -> list[tuple[str, str]]:
     """Assign references (as training will) and save each as folder/<clip stem>.png (atomic writes), for a UI
     to show. Returns [(png path, caption "target <- source (frame n): why")]."""
-    import cv2
-
-    out_dir = Path(folder)
-    out_dir.mkdir(parents=True, exist_ok=True)
     items = []
     for name, a in assign_references(report, seed=seed, overrides=overrides or None).items():
-        png = out_dir / f"{Path(name).stem}.png"
-        tmp = png.with_name(f".{png.stem}.tmp.png")
-        cv2.imwrite(str(tmp), cv2.cvtColor(load_reference(a, frames=1)[0], cv2.COLOR_RGB2BGR))
-        os.replace(tmp, png)
+        png = write_image(Path(folder) / f"{Path(name).stem}.png", load_reference(a, frames=1)[0])
         why = "; ".join(a.reasons[:2])
         items.append((str(png), f"{name} \u2190 {a.source}" + (f" (frame {a.frame})" if a.frame is not None else "")
                       + (f": {why}" if why else "")))
     return items
-

@@ -353,7 +353,7 @@ class Trainer:
     # ---- validation sample ----
     def reference_image(self) -> Path:
         """The image every validation sample uses (saved once in validation/reference.png)."""
-        import cv2
+        from pipelines.video_io import write_image
 
         out = self.run_dir / "validation" / "reference.png"
         if out.exists():
@@ -365,11 +365,7 @@ class Trainer:
 
         ref = self.items[-1].reference
         ref = dict(ref, box=tuple(ref["box"]) if ref.get("box") else None)
-        img = load_reference(ReferenceAssignment(**ref), frames=1)[0]
-        tmp = out.with_name(".reference.tmp.png")
-        cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-        os.replace(tmp, out)
-        return out
+        return write_image(out, load_reference(ReferenceAssignment(**ref), frames=1)[0])
 
     def sample(self, step: int, lora_path: Path, out_dir: Path) -> Path | None:
         """Generate the validation video with the engine (LoRA file as a user would load it) + side by side."""
@@ -414,9 +410,9 @@ class Trainer:
     def _side_by_side(ref_png: Path, frames: np.ndarray, out: Path, fps: float) -> None:
         import cv2
 
-        from pipelines.video_io import write_video
+        from pipelines.video_io import read_image, write_video
 
-        ref = cv2.cvtColor(cv2.imread(str(ref_png)), cv2.COLOR_BGR2RGB)
+        ref = read_image(ref_png)
         h = frames.shape[1]
         w = max(2, int(round(ref.shape[1] * h / ref.shape[0] / 2)) * 2)
         ref = cv2.resize(ref, (w, h), interpolation=cv2.INTER_AREA)

@@ -18,6 +18,7 @@ import numpy as np
 
 from pipelines.errors import UserError
 from pipelines.requests import ControlInput, ControlKind, GenerateRequest, LoraSpec, MemoryTier, Schedule
+from pipelines.video_io import IMAGE_EXTS
 from studio.ui import guard, progress_html
 
 TITLE = "Union control"
@@ -480,7 +481,7 @@ def build(ctx):
             return prog, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), already
         job = ctx.jobs.get(jid, ctx.owner(request))
         ctl = ((job.request or {}).get("controls") or [{}])[0].get("path")
-        if ctl and Path(ctl).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
+        if ctl and Path(ctl).suffix.lower() in IMAGE_EXTS:
             ctl = None  # a still reference (trained face LoRA): it is on screen as the control frame already
         return prog, prev, vid, ctl, sett, note, jid
 
