@@ -21,7 +21,6 @@ import gradio as gr
 from gradio import FileData
 
 from pipelines.errors import UserError
-from studio.security import user_outputs_dir
 from studio.ui import guard
 
 
@@ -32,30 +31,22 @@ def _path(f) -> str:
     return str(p)
 
 
-def _user_dir(ctx, owner: str, sub: str) -> Path:
-    d = user_outputs_dir(ctx.outputs_dir, owner) / sub
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
 def install_api(ctx) -> None:
     from pipelines.requests import GenerateRequest
     from studio.routes import check_request_paths, request_roots
-    from studio.spaces import check_limits, default_limits
 
     @guard
     def generate(request: dict, req: gr.Request) -> str:
         """Submit a generation (a GenerateRequest dict); returns the job id."""
         owner = ctx.owner(req)
         body = GenerateRequest.from_dict(check_request_paths(request, request_roots(ctx, owner))).validate()
-        check_limits(body.to_dict(), default_limits())
         return ctx.submit(owner, "generate", body.to_dict())
 
     @guard
     def upload(file: FileData, req: gr.Request) -> str:
         """Keep an uploaded file in your uploads folder; returns the server path to put in a request."""
         src = Path(_path(file))
-        dest = _user_dir(ctx, ctx.owner(req), "uploads") / f"{uuid.uuid4().hex[:8]}-{src.name}"
+        dest = ctx.user_dir(ctx.owner(req), "uploads") / f"{uuid.uuid4().hex[:8]}-{src.name}"
         shutil.copyfile(src, dest)
         return str(dest)
 
@@ -76,7 +67,7 @@ def install_api(ctx) -> None:
         from pipelines.tracks import load_tracks, write_track_video
 
         ts = load_tracks(_path(tracks), width=int(width), height=int(height), frames=int(frames))
-        out = _user_dir(ctx, ctx.owner(req), "tracks") / f"tracks-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.mp4"
+        out = ctx.user_dir(ctx.owner(req), "tracks") / f"tracks-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.mp4"
         write_track_video(ts, out, int(width), int(height), int(frames))
         return FileData(path=str(out))
 

@@ -56,17 +56,30 @@ class StudioContext:
         user = getattr(request, "username", None) if request is not None else None
         return owner_name(user) if user else LOCAL_OWNER
 
+    def user_dir(self, owner: str, sub: str) -> Path:
+        """``<outputs>/<owner>/<sub>/``, created: where a user's files of one kind go."""
+        from studio.security import user_outputs_dir
+
+        d = user_outputs_dir(self.outputs_dir, owner) / sub
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
     def submit(self, owner: str, kind: str, request) -> str:
-        """Submit a job; returns its id. A generation's LoRA files are checked first (NaN/Inf, mixed reference
-        factors), so a bad file is refused at once instead of failing after its turn in the queue. On a ZeroGPU Space the GPU exists only inside a ``@spaces.GPU`` call
-        made by the request itself (not in a worker thread), so there a gpu-lane job runs right here, inside
-        that call (``JobManager.run_now``), and is finished when this returns. Everywhere else: the queue."""
-        from studio.spaces import on_zero_gpu
+        """Submit a job; returns its id. Every tab and the API submit here, so a generation is checked here:
+        against this host's size limits (ZeroGPU), and its LoRA files (NaN/Inf, mixed reference factors), so a
+        bad request is refused at once instead of failing after its turn in the queue.
 
-        if kind == "generate" and isinstance(request, dict) and request.get("loras"):
-            from pipelines.models.lora import precheck_loras
+        On a ZeroGPU Space the GPU exists only inside a ``@spaces.GPU`` call made by the request itself (not in
+        a worker thread), so there a gpu-lane job runs right here, inside that call (``JobManager.run_now``),
+        and is finished when this returns. Everywhere else: the queue."""
+        from studio.spaces import check_limits, default_limits, on_zero_gpu
 
-            precheck_loras([lo["path"] for lo in request["loras"] if isinstance(lo, dict) and lo.get("path")])
+        if kind == "generate" and isinstance(request, dict):
+            check_limits(request, default_limits())
+            if request.get("loras"):
+                from pipelines.models.lora import precheck_loras
+
+                precheck_loras([lo["path"] for lo in request["loras"] if isinstance(lo, dict) and lo.get("path")])
         spec = self.jobs.kinds.get(kind)
         if spec is not None and spec.lane.value == "gpu" and on_zero_gpu():
             if self._zero_gpu_run is None:

@@ -10,7 +10,6 @@ import os
 import gradio as gr
 
 from pipelines.requests import GenerateRequest, MemoryTier, Schedule
-from studio.spaces import check_limits, default_limits
 from studio.ui import guard, progress_html
 
 TITLE = "Generate"
@@ -129,7 +128,6 @@ def build(ctx):
             frames=int(frames), fps=float(fps), seed=int(seed), schedule=sched, steps=int(steps) if sched == Schedule.FULL else 8,
             guidance_scale=float(cfg) if sched == Schedule.FULL else 1.0, tier=MemoryTier(tier), image=image or None,
         ).validate()
-        check_limits(req.to_dict(), default_limits())
         jid = ctx.submit(ctx.owner(request), "generate", req.to_dict())
         return jid, progress_html(0, "queued", "queued")
 
@@ -145,7 +143,7 @@ def build(ctx):
                 r.width, r.height, r.frames, r.fps, r.model if r.model in model_choices(ctx) else gr.skip(),
                 r.tier.value, r.schedule.value, r.steps, r.guidance_scale, r.seed]
 
+    # History's "Reuse settings" fills request_inputs with apply_request(a past request)
     return {"request_inputs": [prompt, negative, image, width, height, frames, fps, model, tier, schedule, steps,
                                cfg, seed],
-            "apply_request": apply_request,"prompt": prompt, "negative": negative, "width": width, "height": height, "frames": frames, "fps": fps,
-            "seed": seed, "model": model, "tier": tier, "schedule": schedule, "steps": steps, "cfg": cfg}
+            "apply_request": apply_request}

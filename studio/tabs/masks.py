@@ -18,7 +18,7 @@ from pipelines.errors import UserError
 from studio.ui import guard, progress_html
 
 TITLE = "Mask painter"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = masks.IMAGE_SUFFIXES  # what the mask importer reads as images
 KEY_HEADERS = ["frame", "painted", "mean"]
 
 
@@ -204,9 +204,7 @@ def generate_request(prompt, mask_path, control, width, height, frames, strength
 # ----------------------------------------------------------------------------------------------- the tab
 
 def _user_dir(ctx, request, sub: str) -> Path:
-    from studio.security import user_outputs_dir
-
-    return user_outputs_dir(ctx.outputs_dir, ctx.owner(request)) / sub
+    return ctx.user_dir(ctx.owner(request), sub)
 
 
 def build(ctx):

@@ -21,7 +21,7 @@ import numpy as np
 from pipelines.config import ASSETS_DIR
 from pipelines.errors import UserError
 from pipelines.tracks import Point, Track, TrackSet, load_tracks, render_tracks, save_tracks, write_track_video
-from pipelines.video_io import read_image
+from pipelines.video_io import read_image, write_image
 from studio.ui import guard, progress_html
 
 TITLE = "Motion tracks"
@@ -204,9 +204,7 @@ def build(ctx):
     shared = getattr(ctx, "shared", {}) or {}
 
     def user_dir(request: gr.Request) -> Path:
-        d = Path(ctx.outputs_dir) / ctx.owner(request) / "tracks"
-        d.mkdir(parents=True, exist_ok=True)
-        return d
+        return ctx.user_dir(ctx.owner(request), "tracks")
 
     gr.Markdown("Draw where things should move: each track is a path over the first frame. The Motion-Track "
                 "IC-LoRA turns the rendered track video (newest point red, 50-frame trail fading to blue) into motion.")
@@ -275,7 +273,7 @@ def build(ctx):
     def set_background(rgb: np.ndarray, value, request):
         h, w = rgb.shape[:2]
         path = user_dir(request) / f"background-{time.time_ns()}.png"
-        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        write_image(path, rgb)
         new_value = with_canvas(value, w, h)
         return gr.HTML(value=new_value, background=data_url(rgb)), str(path), str(path), f"Background {w}×{h} px."
 
