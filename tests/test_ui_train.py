@@ -10,8 +10,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from pipelines.errors import UserError
 from tests.conftest import screenshot
 from tests.helpers import textured_frames
 
@@ -47,7 +49,7 @@ def train_request(data: str, **over) -> dict:
             "reference_overrides": {}, "validation_reference": None}
 
 
-def test_train_job_stop_continue_and_hand_off(studio_server, clips):
+def test_train_job_stop_continue_and_hand_off(studio_server, clips, tmp_path):
     from studio.tabs import train as tab
 
     _, ctx, _ = studio_server
@@ -57,6 +59,19 @@ def test_train_job_stop_continue_and_hand_off(studio_server, clips):
     assert Path(data).is_dir() and Path(data).is_relative_to(ctx.outputs_dir / owner)  # staged in the user's folder
     assert len(names) == 4 and len(gallery) == 4 and all(Path(p).is_file() for p, _ in gallery)
     assert "clip" in report
+
+    # the user replaces clip2's reference with an image of their own; a non-image is refused by name
+    import cv2
+
+    face = tmp_path / "my face.jpg"
+    cv2.imwrite(str(face), np.full((80, 64, 3), 180, np.uint8))
+    gallery2, ov = tab.replace_reference(ctx, owner, data, "clip2.mp4", str(face), {}, "subj", "face")
+    assert Path(ov["clip2.mp4"]).name == "user_clip2.png" and Path(ov["clip2.mp4"]).is_file()
+    assert any("clip2.mp4" in cap and "user_clip2.png" in cap for _, cap in gallery2)
+    (tmp_path / "notes.jpg").write_text("not an image")
+    with pytest.raises(UserError, match="notes.jpg is not a readable image"):
+        tab.replace_reference(ctx, owner, data, "clip1.mp4", str(tmp_path / "notes.jpg"), ov, "subj", "face")
+    assert not (Path(data) / "references" / "user_clip1.png").exists()
 
     # a run of 6 steps that the user stops after its first checkpoint (control file, as the Stop button does)
     jid = ctx.jobs.submit(owner, "train", train_request(data, steps=6))
@@ -90,8 +105,6 @@ def test_train_job_stop_continue_and_hand_off(studio_server, clips):
     # "use in generator": the checkpoint and the run's reference still, checked to be the user's own files
     d = tab.hand_off(ctx, jid2, owner, cks[-1]["lora"])
     assert Path(d["path"]).is_file() and d["reference_image"].endswith("reference.png")
-    from pipelines.errors import UserError
-
     with pytest.raises(UserError):
         tab.hand_off(ctx, jid2, owner, "/etc/passwd")
     with pytest.raises(UserError, match="not running"):

@@ -19,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 
 from pipelines.errors import UserError
-from studio.security import safe_path, user_outputs_dir
+from studio.security import safe_path
 from studio.ui import guard, progress_html
 
 TITLE = "Face trainer"
@@ -126,7 +126,7 @@ def stage_dataset(ctx, owner: str, files: list) -> Path:
     a training run must be able to read its data for hours and again on resume."""
     if not files:
         raise UserError("no clips uploaded: add 15-40 videos of the subject (or one .zip), captions as .txt")
-    dest = user_outputs_dir(ctx.outputs_dir, owner) / "datasets" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    dest = ctx.user_dir(owner, "datasets") / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     dest.mkdir(parents=True, exist_ok=False)
     paths = [Path(getattr(f, "name", f)) for f in files]
     try:
@@ -151,19 +151,30 @@ def recipe_for(preset: str, model: str = "tiny"):
     return Recipe.from_dict(dict(recipe.to_dict(), **TINY_OVERRIDES)) if model == "tiny" else recipe
 
 
-def check_dataset(ctx, owner: str, files: list, trigger: str | None, preset: str, model: str = "tiny"):
-    """Stage, scan and pick references: (data path, report markdown, reference gallery, clip names)."""
+def staged_folder(data: str | Path) -> Path:
+    """The folder of a staged dataset (a staged .zip sits in it; its clips are extracted beside it)."""
+    data = Path(data)
+    return data.parent if data.suffix == ".zip" else data
+
+
+def scan(data: str | Path, trigger: str | None, recipe, **kw):
+    """The dataset report for a staged dataset, as training will bucket it."""
     from pipelines.training.dataset import scan_dataset
 
+    return scan_dataset(data, trigger=trigger or None, bucket_multiple=recipe.bucket_multiple,
+                        max_frames=recipe.max_frames, target_area=recipe.target_area,
+                        extract_dir=staged_folder(data) / "extracted" if Path(data).suffix == ".zip" else None, **kw)
+
+
+def check_dataset(ctx, owner: str, files: list, trigger: str | None, preset: str, model: str = "tiny"):
+    """Stage, scan and pick references: (data path, report markdown, reference gallery, clip names)."""
     recipe = recipe_for(preset, model)
     data = stage_dataset(ctx, owner, files)
-    report = scan_dataset(data, trigger=(trigger or None), bucket_multiple=recipe.bucket_multiple,
-                          max_frames=recipe.max_frames, target_area=recipe.target_area,
-                          extract_dir=data.parent / "extracted" if data.suffix == ".zip" else None)
+    report = scan(data, trigger, recipe)
     text = "```\n" + report.text() + "\n```"
     gallery, names = [], [c.name for c in report.clips]
     if report.clips:
-        gallery = reference_gallery(report, data.parent if data.suffix == ".zip" else data, recipe.seed, {})
+        gallery = reference_gallery(report, staged_folder(data), recipe.seed, {})
     return str(data), text, gallery, names
 
 
@@ -172,6 +183,23 @@ def reference_gallery(report, folder: Path, seed: int, overrides: dict) -> list[
     from pipelines.training.references import write_reference_crops
 
     return write_reference_crops(report, folder / "references", seed=seed, overrides=overrides)
+
+
+def replace_reference(ctx, owner: str, path: str | None, clip: str | None, img: str | None, overrides: dict | None,
+                      trigger: str | None, preset: str, model: str = "tiny") -> tuple[list, dict]:
+    """Use the user's image as ``clip``'s reference: (new reference gallery, new overrides)."""
+    from pipelines.video_io import read_image, write_image
+
+    if not path:
+        raise UserError("check the dataset first")
+    if not clip or not img:
+        raise UserError("pick a clip and upload the image to use as its reference")
+    folder = Path(_owned(ctx, owner, str(staged_folder(path)), "dataset"))  # before writing in it
+    # decoded first (a non-image is refused with its name), written whole or not at all
+    kept = write_image(folder / "references" / f"user_{Path(clip).stem}.png", read_image(img))
+    overrides = dict(overrides or {}, **{clip: str(kept)})
+    recipe = recipe_for(preset, model)
+    return reference_gallery(scan(path, trigger, recipe, face_detector=None), folder, recipe.seed, overrides), overrides
 
 
 # ---------------------------------------------------------------------------------------------- run view
@@ -361,24 +389,7 @@ def build(ctx):
     check.click(guard(do_check), [files, trigger, preset, model], [data, report, refs, ref_clip, overrides], **priv)
 
     def do_replace(path, clip, img, ov, trig, pre, model_, request: gr.Request):
-        from pipelines.training.dataset import scan_dataset
-
-        if not path:
-            raise UserError("check the dataset first")
-        if not clip or not img:
-            raise UserError("pick a clip and upload the image to use as its reference")
-        owner = ctx.owner(request)
-        folder = Path(path).parent if path.endswith(".zip") else Path(path)
-        kept = folder / "references" / f"user_{Path(clip).stem}{Path(img).suffix}"
-        kept.parent.mkdir(exist_ok=True)
-        shutil.copyfile(img, kept)
-        ov = dict(ov or {}, **{clip: str(kept)})
-        recipe = recipe_for(pre, model_)
-        rep = scan_dataset(path, trigger=trig or None, bucket_multiple=recipe.bucket_multiple,
-                           max_frames=recipe.max_frames, target_area=recipe.target_area, face_detector=None,
-                           extract_dir=folder / "extracted" if path.endswith(".zip") else None)
-        _owned(ctx, owner, str(kept), "reference")
-        return reference_gallery(rep, folder, recipe.seed, ov), ov
+        return replace_reference(ctx, ctx.owner(request), path, clip, img, ov, trig, pre, model_)
 
     ref_apply.click(guard(do_replace), [data, ref_clip, ref_image, overrides, trigger, preset, model], [refs, overrides],
                     **priv)
@@ -435,5 +446,5 @@ def _models(ctx) -> list[str]:
     return names or ["tiny"]
 
 
-__all__ = ["run_train_job", "register_jobs", "stage_dataset", "check_dataset", "run_view", "checkpoints",
+__all__ = ["run_train_job", "register_jobs", "stage_dataset", "check_dataset", "replace_reference", "run_view", "checkpoints",
            "continue_run", "control_file", "hand_off", "loss_frame"]
