@@ -2,6 +2,7 @@
 cannot leave the allowed folders. One app with users alice and bob, driven over HTTP like a real client."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import urllib.parse
 
@@ -35,12 +36,21 @@ def launch_studio(tmp_path, users: dict[str, str] | None):
     return f"http://127.0.0.1:{cfg.port}/", ctx, demo
 
 
+@contextlib.contextmanager
+def running_studio(tmp_path, users: dict[str, str] | None):
+    """launch_studio for the length of a with-block: (url, ctx), closed and its workers stopped afterwards."""
+    url, ctx, demo = launch_studio(tmp_path, users)
+    try:
+        yield url, ctx
+    finally:
+        demo.close()
+        ctx.jobs.shutdown(timeout=5)
+
+
 @pytest.fixture(scope="module")
 def lan(tmp_path_factory):
-    url, ctx, demo = launch_studio(tmp_path_factory.mktemp("lan"), PASSWORDS)
-    yield url, ctx
-    demo.close()
-    ctx.jobs.shutdown(timeout=5)
+    with running_studio(tmp_path_factory.mktemp("lan"), PASSWORDS) as served:
+        yield served
 
 
 def login(url: str, name: str, password: str):

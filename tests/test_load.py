@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_lan import free_port, launch_studio
+from tests.test_lan import free_port, running_studio
 
 ROOT = Path(__file__).resolve().parent.parent
 USERS = {f"user{i}": f"password-{i}-ok" for i in range(6)}
@@ -28,10 +28,8 @@ TINY = {"prompt": "a ball", "model": "tiny", "width": 64, "height": 64, "frames"
 
 @pytest.fixture(scope="module")
 def load_server(tmp_path_factory):
-    url, ctx, demo = launch_studio(tmp_path_factory.mktemp("load"), USERS)
-    yield url, ctx
-    demo.close()
-    ctx.jobs.shutdown(timeout=5)
+    with running_studio(tmp_path_factory.mktemp("load"), USERS) as served:
+        yield served
 
 
 def test_six_clients_three_jobs_each(load_server):
