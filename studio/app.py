@@ -9,7 +9,7 @@ import gradio as gr
 
 from pipelines.models.tiny import TINY_MODEL_NOTICE
 from studio.context import StudioConfig, StudioContext, build_context
-from studio.routes import install_owner_checks, install_path_checks
+from studio.routes import install_path_checks
 from studio.tabs import TABS
 from studio.ui import CSS
 
@@ -53,18 +53,33 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
 
 
 def launch(config: StudioConfig, prevent_thread_lock: bool = False, quiet: bool = False):
+    """Build and serve the studio. Every check is in place before the first request is answered: the front
+    door (studio.guard: file-route allow-list, cache-file ownership, login back-off, session revocation) is
+    part of the server app from its creation, and the path checks wrap every job kind before serving."""
+    from starlette.middleware import Middleware
+
+    from studio.guard import StudioGuard
+
     ctx = build_context(config)
     demo = build_app(ctx)
     install_path_checks(ctx)  # every job's paths are checked against its owner's folders (UI, API, anything)
     auth = None
-    if config.auth_file:
-        from studio.auth import Authenticator
+    if ctx.guard.authenticator is not None:
+        authenticator = ctx.guard.authenticator
 
-        auth = Authenticator(config.auth_file)
+        async def auth(username: str, password: str) -> bool:  # a coroutine function: Gradio awaits it
+            return await authenticator.check_async(username, password)
+
     demo.queue(default_concurrency_limit=None)
     allowed = [str(ctx.outputs_dir)] + [r for r in ctx.allowed_roots() if r != str(ctx.outputs_dir)]
-    demo.launch(server_name=config.host, server_port=config.port, prevent_thread_lock=prevent_thread_lock,
+    demo.launch(server_name=config.host, server_port=config.port, prevent_thread_lock=True,
                 quiet=quiet, css=CSS, auth=auth, allowed_paths=allowed, max_file_size=config.max_file_size,
-                show_error=False, footer_links=["api"])
-    install_owner_checks(demo, ctx)  # file routes: each user reads only their own outputs
+                show_error=False, footer_links=["api"],
+                app_kwargs={"middleware": [Middleware(StudioGuard, state=ctx.guard)]})
+    app = getattr(demo, "server_app", None) or demo.app
+    if not any(m.cls is StudioGuard for m in getattr(app, "user_middleware", [])):
+        demo.close()
+        raise RuntimeError("the studio's front door (studio.guard.StudioGuard) is not installed; refusing to serve")
+    if not prevent_thread_lock:
+        demo.block_thread()
     return demo, ctx

@@ -193,6 +193,8 @@ class Authenticator:
         self._stamp: tuple[int, int] | None = None
         self._users: dict[str, dict] = {}
         self._reload()
+        self._seen = _fingerprints(self._users)
+        self._pool = None
 
     def _reload(self) -> dict[str, dict]:
         with self._lock:
@@ -211,3 +213,27 @@ class Authenticator:
 
     def __call__(self, username: str, password: str) -> bool:
         return _check_users(self._reload(), username, password)
+
+    async def check_async(self, username: str, password: str) -> bool:
+        """The same check, with the password hashing (~50 ms of scrypt) on a small thread pool instead of the
+        event loop: a login flood must not stall every logged-in user's requests. At most two hashes run at
+        once; further logins wait their turn (the login back-off in studio.guard refuses floods before this)."""
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="login")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.__call__, username, password)
+
+    def stale_users(self) -> set[str]:
+        """Names removed from the users file, or whose password changed, since the last call: their open
+        sessions must end (studio.guard drops their tokens)."""
+        now = _fingerprints(self._reload())
+        with self._lock:
+            stale = {name for name, fp in self._seen.items() if now.get(name) != fp}
+            self._seen = now
+        return stale
+
+
+def _fingerprints(users: dict[str, dict]) -> dict[str, str | None]:
+    return {name: (entry.get("hash") if isinstance(entry, dict) else None) for name, entry in users.items()}

@@ -39,6 +39,7 @@ class StudioContext:
     tabs: list = field(default_factory=list)
     shared: dict = field(default_factory=dict)  # gr.State objects for cross-tab hand-offs (set by studio.app)
     registered: set = field(default_factory=set)  # tabs whose job kinds are registered
+    guard: object = None  # studio.guard.GuardState: the owner ledger of cache files, logins, the users file
     _zero_gpu_run: object = None  # the spaces.GPU-wrapped runner, made on first use on ZeroGPU
 
     @property
@@ -151,4 +152,15 @@ def build_context(config: StudioConfig) -> StudioContext:
     jobs = JobManager(paths.outputs_dir, gpu_workers=config.gpu_workers)
     jobs.register("generate", lambda req, ctx: run_generate_job(service, req, ctx), lane="gpu")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    return StudioContext(config=config, jobs=jobs, service=service)
+    return StudioContext(config=config, jobs=jobs, service=service, guard=_guard_state(config, paths))
+
+
+def _guard_state(config: StudioConfig, paths: Paths):
+    """What the front-door middleware (studio.guard) needs: folders, the users file, the cache ledger."""
+    from studio.auth import Authenticator, owner_name
+    from studio.guard import GuardState
+    from studio.routes import upload_dir
+
+    authenticator = Authenticator(config.auth_file) if config.auth_file else None
+    return GuardState(outputs_dir=paths.outputs_dir, public_dirs=[ASSETS_DIR], cache_dir=upload_dir(),
+                      authenticator=authenticator, owner_of=owner_name)

@@ -1,205 +1,133 @@
-"""Ownership checks on the file routes and on paths inside requests.
+"""Paths inside requests: every path-like field of every job request resolves inside its owner's roots.
 
-Gradio serves every file under ``allowed_paths`` at ``/gradio_api/file=<path>`` to anyone who is logged in, and
-the outputs folder must be an allowed path (the UI shows videos from it). On a shared studio that would let
-user B download user A's renders by guessing a URL. ``OwnerFileGuard`` is a plain ASGI middleware in front of
-the Gradio app: for a file route whose path resolves under the outputs folder it answers 404 unless the path
-lies in the logged-in user's own folder (``studio.security.is_owned_path``); a path with ``..`` in it is
-refused outright. The logged-in user is read the way Gradio's own ``get_current_user`` does (the
-``access-token-<cookie_id>`` cookie looked up in ``app.tokens``); without ``--auth`` every visitor is the
-single ``local`` owner.
+A request (from the UI, the API, the CLI of a shared server or a preset) names files: a first-frame image, a
+mask, control videos, LoRAs, a dataset, a validation reference, a preset file, ... Each such field must
+resolve (symlinks followed) inside one of the caller's roots:
 
-``check_request_paths`` applies the same idea to path-like fields a user types into a request (first-frame
-image, mask, control videos, LoRAs): each must resolve inside the user's outputs folder, the models or assets
-folders, or Gradio's upload folder, else UserError. ``install_path_checks`` puts that check in front of the
-``generate`` job function so the UI and the API both go through it.
+- their own outputs folder ``<outputs>/<owner>/`` (relative paths are taken from there),
+- the studio's models, assets and presets folders (shared, read-only data),
+- a file in Gradio's upload/cache folder that THIS caller uploaded or was handed (``studio.guard.OwnedFiles``):
+  the cache is one folder for everyone, so a cache path alone proves nothing.
+
+The field names are listed once (``PATH_KEYS``); ``check_request_paths`` walks a request of any kind, nested
+lists and dicts included, and ``install_path_checks`` puts the check in front of every registered job kind,
+so a job submitted any way meets it again when it runs. The HTTP layer (``studio.guard``) refuses a request
+body naming another user's file before Gradio runs anything; this module is what every job relies on.
 """
 from __future__ import annotations
 
 import logging
 import os
-import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from pipelines.errors import UserError
-from studio.security import is_owned_path, safe_path, user_outputs_dir
+from studio.security import safe_path, user_outputs_dir
 
 log = logging.getLogger("studio.routes")
 
-# /gradio_api/file=<path>, /gradio_api/file/<path> (deprecated form), with or without a root_path before them.
-_FILE_ROUTE = re.compile(r"/gradio_api/file(?:=|/)(?P<path>.*)$", re.DOTALL)
-LOCAL_OWNER = "local"
+# Request fields (at any depth) whose string value is a file or folder path.
+PATH_KEYS = frozenset({
+    "path", "image", "mask", "clip", "video", "data", "validation_reference", "continue_run", "reference_image",
+    "background", "tracks", "control", "lora", "reference", "first_frame", "file", "dataset",
+})
+# Fields whose value is a mapping of names to paths.
+PATH_MAP_KEYS = frozenset({"reference_overrides"})
+# A preset is a name ("face") or a path to a recipe .json; a path must lie in the roots or the presets folder.
+PRESET_KEYS = frozenset({"preset"})
 
-
-def file_route_target(url_path: str) -> str | None:
-    """The file path a Gradio file route would serve for this (percent-decoded) URL path, else None."""
-    m = _FILE_ROUTE.search(url_path)
-    return m.group("path") if m else None
-
-
-def has_parent_refs(path: str) -> bool:
-    """True if any segment of ``path`` is ``..`` (either slash style): never legitimate in a file URL."""
-    return any(part == ".." for part in re.split(r"[\\/]+", path))
-
-
-def _resolve_like_gradio(path: str) -> Path | None:
-    """Absolute, symlink-resolved form of a file-route path (Gradio takes relative paths from its cwd)."""
-    try:
-        return Path(os.path.abspath(path)).resolve()
-    except (OSError, RuntimeError, ValueError):
-        return None
-
-
-def current_user(gradio_app: Any, cookies: dict[str, str]) -> str | None:
-    """The logged-in user name for a request's cookies, exactly as gradio.routes.get_current_user finds it."""
-    cookie_id = getattr(gradio_app, "cookie_id", None)
-    tokens = getattr(gradio_app, "tokens", None) or {}
-    if cookie_id is None:
-        return None
-    token = cookies.get(f"access-token-{cookie_id}") or cookies.get(f"access-token-unsecure-{cookie_id}")
-    return tokens.get(token) if token else None
-
-
-def _parse_cookies(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    from http.cookies import SimpleCookie
-
-    jar: dict[str, str] = {}
-    for key, value in headers:
-        if key.lower() == b"cookie":
-            c = SimpleCookie()
-            try:
-                c.load(value.decode("latin-1"))
-            except Exception:  # noqa: BLE001  a malformed cookie header is just no cookie
-                continue
-            jar.update({k: m.value for k, m in c.items()})
-    return jar
-
-
-def file_access_allowed(target: str, outputs_dir: Path, user: str | None, auth_enabled: bool) -> bool:
-    """Whether a file route may serve ``target`` to ``user``. Paths outside the outputs folder are left to
-    Gradio's own allowed_paths check; paths inside it need ownership (the jobs database belongs to nobody)."""
-    if "\x00" in target or has_parent_refs(target):
-        return False
-    resolved = _resolve_like_gradio(target)
-    if resolved is None:
-        return False
-    if not (resolved == outputs_dir or resolved.is_relative_to(outputs_dir)):
-        return True
-    if auth_enabled and not user:
-        return False
-    from studio.auth import owner_name
-
-    owner = owner_name(user) if user else LOCAL_OWNER
-    try:
-        return is_owned_path(resolved, outputs_dir, owner)
-    except Exception:  # noqa: BLE001  any odd user name: no access
-        return False
-
-
-class OwnerFileGuard:
-    """ASGI middleware: 404 for file routes into other users' outputs (and for any ``..`` in a file path)."""
-
-    def __init__(self, app, *, outputs_dir: str | os.PathLike, gradio_app: Any, auth_enabled: bool):
-        self.app = app
-        self.outputs_dir = Path(outputs_dir).expanduser().resolve()
-        self.gradio_app = gradio_app
-        self.auth_enabled = auth_enabled
-
-    async def __call__(self, scope, receive, send):
-        if scope.get("type") == "http":
-            target = file_route_target(scope.get("path", ""))
-            if target is not None:
-                user = current_user(self.gradio_app, _parse_cookies(scope.get("headers") or []))
-                if not file_access_allowed(target, self.outputs_dir, user, self.auth_enabled):
-                    log.info("refused file route %r for user %r", target, user)
-                    await _not_found(send)
-                    return
-        await self.app(scope, receive, send)
-
-
-async def _not_found(send) -> None:
-    body = b'{"detail":"Not Found"}'
-    await send({"type": "http.response.start", "status": 404,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
-def install_owner_checks(demo, ctx) -> None:
-    """Put OwnerFileGuard in front of a launched Blocks' server app (call right after ``demo.launch``).
-
-    Starlette builds its middleware stack on the first request (launch itself makes one), after which
-    ``add_middleware`` refuses; so the built stack is wrapped instead. Idempotent. For an app mounted with
-    ``gr.mount_gradio_app`` use ``fastapi_app.add_middleware(OwnerFileGuard, ...)`` before serving instead.
-    """
-    app = getattr(demo, "server_app", None) or demo.app
-    if getattr(app, "_studio_owner_guard", False):
-        return
-    stack = app.middleware_stack or app.build_middleware_stack()
-    app.middleware_stack = OwnerFileGuard(stack, outputs_dir=ctx.outputs_dir, gradio_app=app,
-                                          auth_enabled=bool(ctx.config.auth_file))
-    app._studio_owner_guard = True
-
-
-# ---------------------------------------------------------------------------------------------- request paths
 
 def upload_dir() -> Path:
-    """Where Gradio puts uploads (gradio_client handle_file, gr.Image/gr.Video uploads)."""
-    import tempfile
-
+    """Where Gradio puts uploads (gradio_client handle_file, gr.Image/gr.Video uploads) and its cached copies."""
     return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
 
 
 def request_roots(ctx, owner: str) -> list[Path]:
-    """Folders a user's request may name files in: their own outputs, models, assets, Gradio uploads."""
+    """Folders a user's request may name files in: their own outputs, then the models / assets / presets."""
+    from pipelines.config import PRESETS_DIR
+
     roots = [user_outputs_dir(ctx.outputs_dir, owner)]
-    roots += [Path(r).resolve() for r in ctx.allowed_roots() if Path(r).resolve() != Path(ctx.outputs_dir).resolve()]
-    roots.append(upload_dir())
+    out = Path(ctx.outputs_dir).resolve()
+    roots += [Path(r).resolve() for r in ctx.allowed_roots() if Path(r).resolve() != out]
+    if Path(PRESETS_DIR).resolve() not in roots:
+        roots.append(Path(PRESETS_DIR).resolve())
     return roots
 
 
-def check_request_paths(request: dict, roots: list[Path]) -> dict:
-    """A copy of a request dict whose path fields (image, mask, clip, video, controls[].path, loras[].path) are
-    resolved and checked to lie inside ``roots``; UserError naming the field otherwise."""
-    out = dict(request)
+class PathChecker:
+    """Resolve one owner's path fields: inside ``roots``, or a cache file ``files`` records as theirs."""
 
-    def check(field: str, value: Any) -> Any:
+    def __init__(self, roots: list[Path], owner: str | None = None, files: Any = None):
+        self.roots = roots
+        self.owner = owner
+        self.files = files  # studio.guard.OwnedFiles (None: no cache file is anyone's)
+
+    def __call__(self, field: str, value: Any) -> Any:
         if value in (None, ""):
             return value
         if not isinstance(value, str):
             raise UserError(f"{field} must be a file path, not {type(value).__name__}")
+        cache = self.files.cache_dir if self.files is not None else upload_dir()
         try:
-            return str(safe_path(value, roots))
+            resolved = Path(os.path.abspath(value.strip())).resolve() if Path(value.strip()).is_absolute() else None
+        except (OSError, RuntimeError, ValueError):
+            resolved = None
+        if resolved is not None and (resolved == cache or resolved.is_relative_to(cache)):
+            if self.files is None or self.owner is None or not self.files.owns(self.owner, resolved):
+                raise UserError(f"{field}: {Path(value).name} is not one of your uploads (or it has expired): "
+                                "upload the file again")
+            return str(resolved)
+        try:
+            return str(safe_path(value, self.roots))
         except UserError as exc:
             raise UserError(f"{field}: {exc}") from None
 
-    for name in ("image", "mask", "clip", "video"):
-        if name in out:
-            out[name] = check(name, out[name])
-    for group in ("controls", "loras"):
-        items = out.get(group) or []
-        fixed = []
-        for i, item in enumerate(items):
-            item = dict(item) if isinstance(item, dict) else item
-            if isinstance(item, dict) and "path" in item:
-                item["path"] = check(f"{group}[{i}].path", item["path"])
-            fixed.append(item)
-        if group in out:
-            out[group] = fixed
+
+def _is_path_like(text: str) -> bool:
+    return "/" in text or "\\" in text or text.lower().endswith(".json")
+
+
+def check_request_paths(request: dict, roots: list[Path] | PathChecker, *, _where: str = "") -> dict:
+    """A copy of a request dict whose path-like fields (``PATH_KEYS`` at any depth, ``reference_overrides``
+    values, a ``preset`` given as a path) are resolved and checked; UserError naming the field otherwise."""
+    check = roots if isinstance(roots, PathChecker) else PathChecker(list(roots))
+    if not isinstance(request, dict):
+        return request
+    out = dict(request)
+    for key, value in request.items():
+        field = f"{_where}{key}"
+        if isinstance(value, dict):
+            if key in PATH_MAP_KEYS:
+                out[key] = {k: check(f"{field}[{k}]", v) for k, v in value.items()}
+            else:
+                out[key] = check_request_paths(value, check, _where=f"{field}.")
+        elif isinstance(value, list):
+            out[key] = [check_request_paths(v, check, _where=f"{field}[{i}].") if isinstance(v, dict)
+                        else check(f"{field}[{i}]", v) if key in PATH_KEYS and isinstance(v, str) else v
+                        for i, v in enumerate(value)]
+        elif key in PATH_KEYS or (key in PRESET_KEYS and isinstance(value, str) and _is_path_like(value)):
+            out[key] = check(field, value)
     return out
 
 
-def install_path_checks(ctx, kinds: tuple[str, ...] = ("generate", "preprocess")) -> None:
-    """Wrap the job functions of ``kinds`` so every request's paths are checked against its owner's roots
-    before the job runs (covers UI, API and anything else that submits)."""
-    for kind in kinds:
+def checker_for(ctx, owner: str) -> PathChecker:
+    """The path check for ``owner``'s requests on this studio."""
+    guard = getattr(ctx, "guard", None)
+    return PathChecker(request_roots(ctx, owner), owner, guard.files if guard is not None else None)
+
+
+def install_path_checks(ctx, kinds: tuple[str, ...] | None = None) -> None:
+    """Wrap the job functions of ``kinds`` (default: every registered kind) so every request's paths are
+    checked against its owner's roots before the job runs (covers UI, API and anything else that submits)."""
+    for kind in (kinds or tuple(ctx.jobs.kinds)):
         spec = ctx.jobs.kinds.get(kind)
         if spec is None or getattr(spec.fn, "_studio_path_checked", False):
             continue
         inner = spec.fn
 
         def checked(request: dict, jctx, _inner=inner):
-            return _inner(check_request_paths(request, request_roots(ctx, jctx.owner)), jctx)
+            return _inner(check_request_paths(request, checker_for(ctx, jctx.owner)), jctx)
 
         checked._studio_path_checked = True  # type: ignore[attr-defined]
         ctx.jobs.register(kind, checked, lane=spec.lane, resumable=spec.resumable)

@@ -3,6 +3,7 @@ cannot leave the allowed folders. One app with users alice and bob, driven over 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import urllib.parse
 
@@ -151,7 +152,8 @@ def test_path_fields_cannot_leave_allowed_folders(lan, alice_job, field, value):
 
 def test_path_checks_unit(tmp_path):
     from pipelines.errors import UserError
-    from studio.routes import check_request_paths, file_access_allowed, has_parent_refs
+    from studio.guard import GuardState, has_parent_refs
+    from studio.routes import PathChecker, check_request_paths
 
     root = tmp_path / "out" / "alice"
     root.mkdir(parents=True)
@@ -162,8 +164,25 @@ def test_path_checks_unit(tmp_path):
         check_request_paths({"loras": [{"path": "../../x", "weight": 1}]}, [root])
     assert has_parent_refs("a/../b") and has_parent_refs("a\\..\\b") and not has_parent_refs("a/..b")
     out = (tmp_path / "out").resolve()
-    assert file_access_allowed(str(root / "a.png"), out, "alice", True)
-    assert not file_access_allowed(str(root / "a.png"), out, "bob", True)
-    assert not file_access_allowed(str(root / "a.png"), out, None, True)
-    assert not file_access_allowed(str(out / "jobs.sqlite3"), out, "alice", True)
-    assert file_access_allowed("/usr/share/x.css", out, None, True)  # not ours: gradio's own checks apply
+    cache = tmp_path / "cache"
+    (cache / "h1").mkdir(parents=True)
+    upload = cache / "h1" / "clip.mp4"
+    upload.write_bytes(b"x")
+    state = GuardState(outputs_dir=out, public_dirs=[tmp_path / "assets"], cache_dir=cache,
+                       authenticator=object())
+    assert state.may_read(str(root / "a.png"), "alice")
+    assert not state.may_read(str(root / "a.png"), "bob")
+    assert not state.may_read(str(root / "a.png"), None)
+    assert not state.may_read(str(out / "jobs.sqlite3"), "alice")
+    assert not state.may_read("/usr/share/x.css", "alice")  # outside every served folder: refused by us too
+    assert not state.may_read(str(upload), "alice")  # a cache file is nobody's until handed out
+    state.files.record_text("alice", json.dumps({"path": str(upload)}))
+    assert state.may_read(str(upload), "alice") and not state.may_read(str(upload), "bob")
+    # the same ledger decides which cache files a request may name
+    for who, allowed in (("alice", True), ("bob", False)):
+        check = PathChecker([out / who], who, state.files)
+        if allowed:
+            assert check_request_paths({"clip": str(upload)}, check)["clip"] == str(upload.resolve())
+        else:
+            with pytest.raises(UserError, match="not one of your uploads"):
+                check_request_paths({"clip": str(upload)}, check)

@@ -19,7 +19,6 @@ from pathlib import Path
 import gradio as gr
 
 from pipelines.errors import UserError
-from studio.security import safe_path
 from studio.ui import guard, progress_html
 
 TITLE = "Face trainer"
@@ -35,12 +34,12 @@ def _owned(ctx, owner: str, path: str | None, what: str) -> str | None:
     """``path`` resolved inside the owner's outputs (or uploads/assets) folders, else UserError."""
     if not path:
         return None
-    from studio.routes import request_roots
+    from studio.routes import checker_for
 
-    try:
-        return str(safe_path(path, request_roots(ctx, owner), must_exist=True))
-    except UserError as exc:
-        raise UserError(f"{what}: {exc}") from None
+    resolved = checker_for(ctx, owner)(what, path)
+    if not Path(resolved).exists():
+        raise UserError(f"{what}: {Path(path).name} does not exist")
+    return resolved
 
 
 def run_dir_of(job_out_dir: str | Path) -> Path:
