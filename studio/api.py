@@ -31,15 +31,48 @@ def _path(f) -> str:
     return str(p)
 
 
+MAX_OPEN_WAITS = 8        # /wait calls one user may hold open at once
+MAX_WAIT_SECONDS = 3600.0  # the longest one /wait call blocks
+
+
+class OpenCalls:
+    """Per-user count of open blocking calls, refused past a cap (one user cannot hold the server's handlers)."""
+
+    def __init__(self, cap: int):
+        import threading
+
+        self.cap, self._open, self._lock = cap, {}, threading.Lock()
+
+    def __call__(self, owner: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def held():
+            with self._lock:
+                if self._open.get(owner, 0) >= self.cap:
+                    raise UserError(f"you already have {self.cap} /wait calls open; wait for one to return "
+                                    "(or poll /job) before opening another")
+                self._open[owner] = self._open.get(owner, 0) + 1
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self._open[owner] -= 1
+
+        return held()
+
+
 def install_api(ctx) -> None:
     from pipelines.requests import GenerateRequest
-    from studio.routes import check_request_paths, request_roots
+    from studio.routes import check_request_paths, checker_for
+
+    waits = OpenCalls(MAX_OPEN_WAITS)
 
     @guard
     def generate(request: dict, req: gr.Request) -> str:
         """Submit a generation (a GenerateRequest dict); returns the job id."""
         owner = ctx.owner(req)
-        body = GenerateRequest.from_dict(check_request_paths(request, request_roots(ctx, owner))).validate()
+        body = GenerateRequest.from_dict(check_request_paths(request, checker_for(ctx, owner))).validate()
         return ctx.submit(owner, "generate", body.to_dict())
 
     @guard
@@ -82,6 +115,7 @@ def install_api(ctx) -> None:
         if not ok:
             raise UserError(why)
         owner = ctx.owner(req)
+        request = check_request_paths(dict(request or {}), checker_for(ctx, owner))  # before anything is read
         data = stage_dataset(ctx, owner, [_path(dataset)])
         return ctx.jobs.submit(owner, "train", train_request(dict(request or {}), str(data)))
 
@@ -100,11 +134,20 @@ def install_api(ctx) -> None:
         return ctx.jobs.get(job_id, ctx.owner(req)).to_dict()
 
     @guard
-    def wait(job_id: str, timeout: float, req: gr.Request) -> dict:
-        """Block until the job ends (or timeout seconds) and return it."""
+    async def wait(job_id: str, timeout: float, req: gr.Request) -> dict:
+        """Block until the job ends (or timeout seconds, at most an hour) and return it."""
+        import asyncio
+
         owner = ctx.owner(req)
-        ctx.jobs.get(job_id, owner)
-        return ctx.jobs.wait(job_id, timeout=float(timeout), owner=owner).to_dict()
+        deadline = time.monotonic() + min(max(0.0, float(timeout)), MAX_WAIT_SECONDS)
+        with waits(owner):  # a coroutine: an open wait holds no server thread, and one user holds few
+            while True:
+                job = ctx.jobs.get(job_id, owner)
+                if job.status.terminal:
+                    return job.to_dict()
+                if time.monotonic() >= deadline:
+                    raise UserError(f"job {job_id} still {job.status.value} after {float(timeout):g} s")
+                await asyncio.sleep(0.25)
 
     @guard
     def cancel(job_id: str, req: gr.Request) -> bool:

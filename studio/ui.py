@@ -21,23 +21,38 @@ def progress_html(fraction: float, message: str, status: str) -> str:
             f'<span class="label">{html.escape(status)} · {html.escape(message or "")} · {pct:.0f}%</span></div>')
 
 
+def _shown(exc: Exception, fn) -> gr.Error:
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, UserError):
+        return gr.Error(str(exc))
+    log_id = secrets.token_hex(4)
+    log.error("internal error (log id %s) in %s", log_id, getattr(fn, "__name__", "handler"), exc_info=exc)
+    return gr.Error(f"internal error (log id {log_id}); see the server log")
+
+
 def guard(fn):
-    """Wrap an event handler: UserError -> gr.Error with its message; anything else -> logged, short message
-    with a log id (never a traceback in the UI)."""
+    """Wrap an event handler (plain or async): UserError -> gr.Error with its message; anything else ->
+    logged, short message with a log id (never a traceback in the UI)."""
     import functools
+    import inspect
+
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def async_wrapper(*args, **kwargs):
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                raise _shown(exc, fn) from None
+
+        return async_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except UserError as exc:
-            raise gr.Error(str(exc)) from None
-        except Exception:
-            log_id = secrets.token_hex(4)
-            log.exception("internal error (log id %s) in %s", log_id, getattr(fn, "__name__", "handler"))
-            raise gr.Error(f"internal error (log id {log_id}); see the server log") from None
+        except Exception as exc:  # noqa: BLE001
+            raise _shown(exc, fn) from None
 
     return wrapper
 
