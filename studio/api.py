@@ -31,6 +31,8 @@ def _path(f) -> str:
     return str(p)
 
 
+API_CONCURRENCY = {"generate": 8, "upload": 4, "preprocess": 8, "tracks_render": 4, "train": 2, "resume": 4,
+                   "train_control": 8}
 MAX_OPEN_WAITS = 8        # /wait calls one user may hold open at once
 MAX_WAIT_SECONDS = 3600.0  # the longest one /wait call blocks
 
@@ -171,6 +173,9 @@ def install_api(ctx) -> None:
 
         return [s.to_dict() for s in discover(ctx.models_dir)]
 
+    # Handlers that read or write files or probe inputs run at most a few at once (Gradio runs plain functions
+    # on a 40-thread pool shared by everyone); status calls and the coroutine /wait are unlimited.
     for fn in (generate, upload, preprocess, tracks_render, train, train_control, job, wait, cancel, resume, jobs,
                models):
-        gr.api(fn, api_name=fn.__name__)
+        gr.api(fn, api_name=fn.__name__, concurrency_limit=API_CONCURRENCY.get(fn.__name__),
+               concurrency_id=f"api-{fn.__name__}")
