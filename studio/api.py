@@ -90,7 +90,7 @@ def install_api(ctx) -> None:
                    req: gr.Request) -> str:
         """Make a control video from a clip (a light job); returns the job id. options: canny low/high/blur,
         depth/passthrough invert."""
-        from studio.tabs.union import submit_preprocess
+        from studio.kinds.preprocess import submit_preprocess
 
         o = dict(options or {})
         return submit_preprocess(ctx, _path(clip), kind, o.get("low", 92), o.get("high", 200), o.get("blur", 0.0),
@@ -111,7 +111,7 @@ def install_api(ctx) -> None:
         """Start an IC-LoRA training from a .zip of clips; request: TrainRequest fields (preset, model, trigger,
         overrides, ...) without data/out. Returns the job id; the result holds the exported LoRA's path."""
         from studio.spaces import training_available
-        from studio.tabs.train import stage_dataset, train_request
+        from studio.kinds.train import stage_dataset, train_request
 
         ok, why = training_available()
         if not ok:
@@ -124,7 +124,7 @@ def install_api(ctx) -> None:
     @guard
     def train_control(job_id: str, action: str, req: gr.Request) -> str:
         """Ask a running training to sample_now, save_now or stop after its current step."""
-        from studio.tabs.train import control_file
+        from studio.kinds.train import control_file
 
         if action not in ("sample_now", "save_now", "stop"):
             raise UserError("action must be sample_now, save_now or stop")

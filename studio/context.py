@@ -1,6 +1,6 @@
 """What every tab shares: configuration, the job manager, the engine service. Built once per server.
 
-No tensor math and no torch import here: job functions hand typed requests to pipelines.service.
+No tensor math and no torch import here: the job kinds (studio.kinds) hand typed requests to pipelines.
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 
 from pipelines.config import ASSETS_DIR, Paths
 from pipelines.errors import UserError
-from pipelines.requests import GenerateRequest
 
 LOCAL_OWNER = "local"
 
@@ -125,24 +124,10 @@ class StudioContext:
         return roots
 
 
-def run_generate_job(service, request: dict, ctx) -> dict:
-    """Job function for kind 'generate' (gpu lane)."""
-    req = GenerateRequest.from_dict(request)
-    out = Path(ctx.out_dir) / "output.mp4"
-
-    def progress(fraction, message, preview):
-        ctx.progress(fraction, message, preview)
-
-    result = service.generate(req, out, progress=progress, should_cancel=lambda: ctx.cancelled,
-                              preview_dir=Path(ctx.out_dir) / "preview")
-    ctx.add_output(result["video"])
-    ctx.add_output(result["settings"])
-    return {"video": result["video"], "settings": result["settings"], "notice": result["metadata"].get("notice", "")}
-
-
 def build_context(config: StudioConfig) -> StudioContext:
     from pipelines.service import EngineService
     from studio.jobs import JobManager
+    from studio.kinds import register_all
 
     paths = config.paths
     paths.outputs_dir.mkdir(parents=True, exist_ok=True)
@@ -150,9 +135,10 @@ def build_context(config: StudioConfig) -> StudioContext:
         raise UserError(f"--models-dir {config.models_dir} is not a folder")
     service = EngineService(models_dir=str(paths.models_dir) if paths.models_dir else None)
     jobs = JobManager(paths.outputs_dir, gpu_workers=config.gpu_workers)
-    jobs.register("generate", lambda req, ctx: run_generate_job(service, req, ctx), lane="gpu")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    return StudioContext(config=config, jobs=jobs, service=service, guard=_guard_state(config, paths))
+    ctx = StudioContext(config=config, jobs=jobs, service=service, guard=_guard_state(config, paths))
+    register_all(ctx)  # every job kind, whichever tabs are built (the API needs them all)
+    return ctx
 
 
 def _guard_state(config: StudioConfig, paths: Paths):

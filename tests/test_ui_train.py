@@ -50,6 +50,7 @@ def train_request(data: str, **over) -> dict:
 
 
 def test_train_job_stop_continue_and_hand_off(studio_server, clips, tmp_path):
+    from studio.kinds import train as kind
     from studio.tabs import train as tab
 
     _, ctx, _ = studio_server
@@ -76,9 +77,9 @@ def test_train_job_stop_continue_and_hand_off(studio_server, clips, tmp_path):
     # a run of 6 steps that the user stops after its first checkpoint (control file, as the Stop button does)
     jid = ctx.jobs.submit(owner, "train", train_request(data, steps=6))
     deadline = time.time() + 300
-    while time.time() < deadline and not tab.checkpoints(tab.run_dir_of(ctx.jobs.get(jid, owner).out_dir)):
+    while time.time() < deadline and not kind.checkpoints(kind.run_dir_of(ctx.jobs.get(jid, owner).out_dir)):
         time.sleep(0.2)
-    assert "Stopping" in tab.control_file(ctx, jid, owner, "stop")
+    assert "Stopping" in kind.control_file(ctx, jid, owner, "stop")
     job = ctx.jobs.wait(jid, timeout=300)
     assert job.status.value == "done", job.error
     first = job.result
@@ -93,13 +94,13 @@ def test_train_job_stop_continue_and_hand_off(studio_server, clips, tmp_path):
     assert choices["value"].endswith("lora.safetensors") and "stopped" in note
 
     # continue: a new job resumes the same run folder from its last checkpoint and finishes all 6 steps
-    jid2 = tab.continue_run(ctx, jid, owner)
+    jid2 = kind.continue_run(ctx, jid, owner)
     job2 = ctx.jobs.wait(jid2, timeout=300)
     assert job2.status.value == "done", job2.error
     assert job2.result["run_dir"] == str(run) and job2.result["step"] == 6 and not job2.result["stopped"]
     steps = [json.loads(line)["step"] for line in (run / "loss.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 7))  # one continuous curve
-    cks = tab.checkpoints(run)
+    cks = kind.checkpoints(run)
     assert [c["step"] for c in cks][-1] == 6
 
     # "use in generator": the checkpoint and the run's reference still, checked to be the user's own files
@@ -108,7 +109,7 @@ def test_train_job_stop_continue_and_hand_off(studio_server, clips, tmp_path):
     with pytest.raises(UserError):
         tab.hand_off(ctx, jid2, owner, "/etc/passwd")
     with pytest.raises(UserError, match="not running"):
-        tab.control_file(ctx, jid2, owner, "sample_now")
+        kind.control_file(ctx, jid2, owner, "sample_now")
 
     # the shared model came back whole: a generation with the trained LoRA and the reference runs after training
     from pipelines.requests import ControlInput, GenerateRequest, LoraSpec
@@ -121,16 +122,16 @@ def test_train_job_stop_continue_and_hand_off(studio_server, clips, tmp_path):
 
 def test_bad_uploads_are_refused_with_a_message(studio_server, tmp_path, clips):
     from pipelines.errors import UserError
-    from studio.tabs import train as tab
+    from studio.kinds import train as kind
 
     _, ctx, _ = studio_server
     with pytest.raises(UserError, match="no clips"):
-        tab.stage_dataset(ctx, "local", [])
+        kind.stage_dataset(ctx, "local", [])
     bad = tmp_path / "notes.docx"
     bad.write_text("x")
     before = set((Path(ctx.outputs_dir) / "local" / "datasets").glob("*"))
     with pytest.raises(UserError, match="notes.docx"):
-        tab.stage_dataset(ctx, "local", [str(clips[0]), str(bad)])  # one good file copied, then the bad one
+        kind.stage_dataset(ctx, "local", [str(clips[0]), str(bad)])  # one good file copied, then the bad one
     assert set((Path(ctx.outputs_dir) / "local" / "datasets").glob("*")) == before  # nothing half-staged
     # a job whose data lies outside the user's folders is refused before any work
     jid = ctx.jobs.submit("local", "train", train_request("/etc"))

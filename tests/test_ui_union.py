@@ -18,7 +18,7 @@ from tests.conftest import screenshot
 def union_ctx(tmp_path, monkeypatch):
     """A minimal studio context: a real JobManager in a temp folder, an empty models folder."""
     from studio.jobs import JobManager
-    from studio.tabs.union import register_jobs
+    from studio.kinds.preprocess import register
 
     for var in ("ICLORA_MODELS_DIR", "ICLORA_DEPTH_DIR", "ICLORA_POSE_DIR"):
         monkeypatch.delenv(var, raising=False)
@@ -27,13 +27,14 @@ def union_ctx(tmp_path, monkeypatch):
     jobs = JobManager(tmp_path / "out")
     ctx = types.SimpleNamespace(jobs=jobs, models_dir=models, outputs_dir=tmp_path / "out", owner=lambda r: "local",
                                 config=types.SimpleNamespace(model="tiny"), shared={})
-    register_jobs(ctx)
+    register(ctx)
     yield ctx
     jobs.shutdown(timeout=5)
 
 
 def _make(ctx, kind="canny", width=128, height=64, frames=9, fps=24.0, clip=None, **opts):
-    from studio.tabs.union import submit_preprocess, wait_job
+    from studio.kinds.preprocess import submit_preprocess
+    from studio.tabs.union import wait_job
 
     o = dict(low=92, high=200, blur=0.0, invert=False) | opts
     jid = submit_preprocess(ctx, str(clip or sample_clip_path()), kind, o["low"], o["high"], o["blur"],
@@ -72,7 +73,8 @@ def test_canny_thresholds_change_the_control(union_ctx):
 
 
 def test_depth_without_weights_is_a_clear_error_listing_paths(union_ctx):
-    from studio.tabs.union import kind_notice, submit_preprocess
+    from studio.kinds.preprocess import submit_preprocess
+    from studio.tabs.union import kind_notice
 
     with pytest.raises(gr.Error) as exc:
         guard(submit_preprocess)(union_ctx, str(sample_clip_path()), "depth", 92, 200, 0, False, 128, 64, 9, 24, None)
@@ -86,7 +88,7 @@ def test_depth_without_weights_is_a_clear_error_listing_paths(union_ctx):
 
 
 def test_no_clip_and_bad_size_are_user_errors(union_ctx):
-    from studio.tabs.union import submit_preprocess
+    from studio.kinds.preprocess import submit_preprocess
 
     with pytest.raises(UserError, match="no clip"):
         submit_preprocess(union_ctx, None, "canny", 92, 200, 0, False, 128, 64, 9, 24, None)

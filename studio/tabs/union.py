@@ -1,8 +1,8 @@
 """Union control tab: a clip in, a control video (canny / depth / pose / your own) made from it, then a new video
 generated with the Union IC-LoRA following that structure.
 
-Two jobs: "preprocess" (light lane: conform the clip, run the preprocessor, write the control mp4 and small
-preview frames for the scrubber) and the existing "generate" (gpu lane). The preprocess wait is a short
+Two jobs (studio.kinds): "preprocess" (light lane: conform the clip, run the preprocessor, write the control
+mp4 and small preview frames for the scrubber) and "generate" (gpu lane). The preprocess wait is a short
 generator that polls the job; the generation is polled by a gr.Timer with its id in gr.BrowserState, like the
 Generate tab, so a reloaded page picks it up again. No tensor math here: pipelines.control does the work.
 """
@@ -19,75 +19,12 @@ import numpy as np
 from pipelines.errors import UserError
 from pipelines.requests import ControlInput, ControlKind, GenerateRequest, LoraSpec, MemoryTier, Schedule
 from pipelines.video_io import IMAGE_EXTS
+from studio.kinds.preprocess import submit_preprocess
 from studio.ui import guard, progress_html
 
 TITLE = "Union control"
 KINDS = ["canny", "depth", "pose", "passthrough"]
-PREVIEW_MAX_SIDE = 384  # scrubber frames are stored at most this big (input and control, same size)
-PREVIEW_MIN_SIDE = 256  # ...and at least this big (tiny test sizes are upscaled, nearest, to stay visible)
 LORA_HEADERS = ["LoRA file (name in models/loras or a path)", "weight"]
-
-
-# ---------------------------------------------------------------------------------------------- job functions
-
-def run_preprocess_job(request: dict, jobctx, models_dir=None) -> dict:
-    """Job 'preprocess' (light lane): make the control video for one clip.
-
-    request: {"clip", "kind", "options", "width", "height", "frames", "fps"}. Checks the backend first (a missing
-    weight fails before decoding), conforms the clip once, writes the conformed input and the control video
-    (both h264 mp4, exact target frames and size) and the scrubber frames (.npy, downscaled)."""
-    from pipelines.control import run_control, save_control, spec_for
-    from pipelines.control.types import ControlKind as CK
-    from pipelines.control.types import resolve_options
-    from pipelines.video_io import ConformTarget, conform_file, write_video
-
-    kind = CK.parse(request["kind"])
-    opts = resolve_options(kind, dict(request.get("options") or {}))
-    spec_for(kind, opts).require(models_dir)
-    target = ConformTarget(width=request.get("width"), height=request.get("height"), frames=request.get("frames"),
-                           fps=request.get("fps"), pad=bool(request.get("pad", True)))
-    out = Path(jobctx.out_dir)
-    jobctx.progress(0.02, "reading clip")
-    frames, _, conform_rep = conform_file(request["clip"], target)
-    jobctx.raise_if_cancelled()
-    input_mp4 = write_video(out / "input.mp4", np.ascontiguousarray(frames), conform_rep.fps, preset="veryfast")
-
-    def progress(f: float, text: str) -> None:
-        jobctx.raise_if_cancelled()
-        jobctx.progress(0.1 + 0.85 * f, text)
-
-    # conformed frames + the same target: run_control's own conform is then a no-op
-    control, report = run_control(kind, frames, target, opts, models_dir, progress, fps=conform_rep.fps)
-    report.notes = list(conform_rep.changes) + [n for n in report.notes if n not in conform_rep.changes]
-    report.conform = conform_rep.to_dict()
-    control_mp4 = save_control(out / f"control-{kind.value}.mp4", control, report)
-    np.save(out / "scrub-input.npy", _thumbs(frames))
-    np.save(out / "scrub-control.npy", _thumbs(control))
-    jobctx.add_output(control_mp4)
-    jobctx.progress(1.0, "control ready")
-    return {"control": str(control_mp4), "input": str(input_mp4), "frames": int(control.shape[0]),
-            "width": int(control.shape[2]), "height": int(control.shape[1]), "fps": float(report.fps),
-            "report": report.text(), "scrub_input": str(out / "scrub-input.npy"),
-            "scrub_control": str(out / "scrub-control.npy")}
-
-
-def _thumbs(frames: np.ndarray) -> np.ndarray:
-    import cv2
-
-    t, h, w, _ = frames.shape
-    s = min(1.0, PREVIEW_MAX_SIDE / max(h, w))
-    if max(h, w) < PREVIEW_MIN_SIDE:
-        s = float(PREVIEW_MIN_SIDE // max(h, w))  # whole-number upscale keeps 1 px edges crisp
-    if s == 1.0:
-        return np.ascontiguousarray(frames)
-    size = (max(2, round(w * s)), max(2, round(h * s)))
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_NEAREST
-    return np.stack([cv2.resize(f, size, interpolation=interp) for f in frames])
-
-
-def register_jobs(ctx) -> None:
-    if "preprocess" not in ctx.jobs.kinds:
-        ctx.jobs.register("preprocess", lambda req, jc: run_preprocess_job(req, jc, ctx.models_dir), lane="light")
 
 
 # ---------------------------------------------------------------------------------------------- pure helpers
@@ -166,14 +103,6 @@ def kind_notice(models_dir, kind: str) -> str:
     return ""
 
 
-def control_options(kind: str, low, high, blur, invert) -> dict:
-    if kind == "canny":
-        return {"low_threshold": int(low), "high_threshold": int(high), "blur_sigma": float(blur)}
-    if kind in ("depth", "passthrough"):
-        return {"invert": bool(invert)}
-    return {}
-
-
 def scrub_frames(result: dict | None, index) -> tuple:
     """(input frame, control frame) at `index` from a finished preprocess result."""
     if not result or "scrub_input" not in result:
@@ -185,23 +114,6 @@ def scrub_frames(result: dict | None, index) -> tuple:
 
 
 # ---------------------------------------------------------------------------------------------- handlers
-
-def submit_preprocess(ctx, clip, kind, low, high, blur, invert, width, height, frames, fps, request) -> str:
-    """Check the choice (a missing weight is refused here, at once, with the paths searched) and submit the job."""
-    from pipelines.control import spec_for
-    from pipelines.control.types import ControlKind as CK
-    from pipelines.control.types import resolve_options
-
-    if not clip:
-        raise UserError("no clip: upload a video or press 'Use sample clip'")
-    opts = control_options(kind, low, high, blur, invert)
-    k = CK.parse(kind)
-    spec_for(k, resolve_options(k, dict(opts))).require(ctx.models_dir)
-    req = {"clip": str(clip), "kind": k.value, "options": opts, "width": int(width), "height": int(height),
-           "frames": int(frames), "fps": float(fps)}
-    GenerateRequest(prompt="x", width=req["width"], height=req["height"], frames=req["frames"], fps=req["fps"]).validate()
-    return ctx.jobs.submit(ctx.owner(request), "preprocess", req)
-
 
 def wait_job(ctx, job_id: str, owner: str, timeout: float = 600.0):
     """Yield the job while it runs (about 3 times a second), then the finished job. UserError if it failed."""

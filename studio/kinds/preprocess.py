@@ -1,0 +1,101 @@
+"""Job kind "preprocess" (light lane): conform a clip, run a control preprocessor (canny / depth / pose /
+passthrough), write the control mp4, the conformed input and small scrubber frames."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.errors import UserError
+
+KIND = "preprocess"
+PREVIEW_MAX_SIDE = 384  # scrubber frames are stored at most this big (input and control, same size)
+PREVIEW_MIN_SIDE = 256  # ...and at least this big (tiny test sizes are upscaled, nearest, to stay visible)
+
+
+def run_preprocess_job(request: dict, jobctx, models_dir=None) -> dict:
+    """Job 'preprocess' (light lane): make the control video for one clip.
+
+    request: {"clip", "kind", "options", "width", "height", "frames", "fps"}. Checks the backend first (a missing
+    weight fails before decoding), conforms the clip once, writes the conformed input and the control video
+    (both h264 mp4, exact target frames and size) and the scrubber frames (.npy, downscaled)."""
+    from pipelines.control import run_control, save_control, spec_for
+    from pipelines.control.types import ControlKind as CK
+    from pipelines.control.types import resolve_options
+    from pipelines.video_io import ConformTarget, conform_file, write_video
+
+    kind = CK.parse(request["kind"])
+    opts = resolve_options(kind, dict(request.get("options") or {}))
+    spec_for(kind, opts).require(models_dir)
+    target = ConformTarget(width=request.get("width"), height=request.get("height"), frames=request.get("frames"),
+                           fps=request.get("fps"), pad=bool(request.get("pad", True)))
+    out = Path(jobctx.out_dir)
+    jobctx.progress(0.02, "reading clip")
+    frames, _, conform_rep = conform_file(request["clip"], target)
+    jobctx.raise_if_cancelled()
+    input_mp4 = write_video(out / "input.mp4", np.ascontiguousarray(frames), conform_rep.fps, preset="veryfast")
+
+    def progress(f: float, text: str) -> None:
+        jobctx.raise_if_cancelled()
+        jobctx.progress(0.1 + 0.85 * f, text)
+
+    # conformed frames + the same target: run_control's own conform is then a no-op
+    control, report = run_control(kind, frames, target, opts, models_dir, progress, fps=conform_rep.fps)
+    report.notes = list(conform_rep.changes) + [n for n in report.notes if n not in conform_rep.changes]
+    report.conform = conform_rep.to_dict()
+    control_mp4 = save_control(out / f"control-{kind.value}.mp4", control, report)
+    np.save(out / "scrub-input.npy", thumbs(frames))
+    np.save(out / "scrub-control.npy", thumbs(control))
+    jobctx.add_output(control_mp4)
+    jobctx.progress(1.0, "control ready")
+    return {"control": str(control_mp4), "input": str(input_mp4), "frames": int(control.shape[0]),
+            "width": int(control.shape[2]), "height": int(control.shape[1]), "fps": float(report.fps),
+            "report": report.text(), "scrub_input": str(out / "scrub-input.npy"),
+            "scrub_control": str(out / "scrub-control.npy")}
+
+
+def thumbs(frames: np.ndarray) -> np.ndarray:
+    """Scrubber copies of the frames: at most PREVIEW_MAX_SIDE, tiny sizes upscaled to PREVIEW_MIN_SIDE."""
+    import cv2
+
+    t, h, w, _ = frames.shape
+    s = min(1.0, PREVIEW_MAX_SIDE / max(h, w))
+    if max(h, w) < PREVIEW_MIN_SIDE:
+        s = float(PREVIEW_MIN_SIDE // max(h, w))  # whole-number upscale keeps 1 px edges crisp
+    if s == 1.0:
+        return np.ascontiguousarray(frames)
+    size = (max(2, round(w * s)), max(2, round(h * s)))
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_NEAREST
+    return np.stack([cv2.resize(f, size, interpolation=interp) for f in frames])
+
+
+def control_options(kind: str, low, high, blur, invert) -> dict:
+    """The preprocessor options of the Union tab's controls (and the API's options dict)."""
+    if kind == "canny":
+        return {"low_threshold": int(low), "high_threshold": int(high), "blur_sigma": float(blur)}
+    if kind in ("depth", "passthrough"):
+        return {"invert": bool(invert)}
+    return {}
+
+
+def submit_preprocess(ctx, clip, kind, low, high, blur, invert, width, height, frames, fps, request) -> str:
+    """Check the choice (a missing weight is refused here, at once, with the paths searched) and submit the job."""
+    from pipelines.control import spec_for
+    from pipelines.control.types import ControlKind as CK
+    from pipelines.control.types import resolve_options
+    from pipelines.requests import GenerateRequest
+
+    if not clip:
+        raise UserError("no clip: upload a video or press 'Use sample clip'")
+    opts = control_options(kind, low, high, blur, invert)
+    k = CK.parse(kind)
+    spec_for(k, resolve_options(k, dict(opts))).require(ctx.models_dir)
+    req = {"clip": str(clip), "kind": k.value, "options": opts, "width": int(width), "height": int(height),
+           "frames": int(frames), "fps": float(fps)}
+    GenerateRequest(prompt="x", width=req["width"], height=req["height"], frames=req["frames"], fps=req["fps"]).validate()
+    return ctx.jobs.submit(ctx.owner(request), KIND, req)
+
+
+def register(ctx) -> None:
+    if KIND not in ctx.jobs.kinds:
+        ctx.jobs.register(KIND, lambda req, jc: run_preprocess_job(req, jc, ctx.models_dir), lane="light")

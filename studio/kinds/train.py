@@ -1,0 +1,175 @@
+"""Job kind "train" (gpu lane, resumable): an identity IC-LoRA training run in the job's folder, plus what
+submits and steers it: staging uploaded clips, the validated request, the trainer's control files, continuing
+a run from its last checkpoint."""
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from pipelines.errors import UserError
+
+KIND = "train"
+CLIP_TYPES = [".zip", ".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".txt", ".png", ".jpg", ".jpeg"]
+# On the tiny test model the run is about exercising the path on a CPU in seconds, not about quality.
+TINY_OVERRIDES = {"target_area": 64 * 64, "max_frames": 9, "gradient_checkpointing": False, "warmup_steps": 0,
+                  "validation_width": 64, "validation_height": 64, "validation_frames": 9}
+
+
+def owned_path(ctx, owner: str, path: str | None, what: str) -> str | None:
+    """``path`` resolved inside the owner's outputs (or uploads/assets) folders, else UserError."""
+    if not path:
+        return None
+    from studio.routes import checker_for
+
+    resolved = checker_for(ctx, owner)(what, path)
+    if not Path(resolved).exists():
+        raise UserError(f"{what}: {Path(path).name} does not exist")
+    return resolved
+
+
+def run_dir_of(job_out_dir: str | Path) -> Path:
+    """The run folder a train job wrote to (a continued run writes into its predecessor's folder)."""
+    marker = Path(job_out_dir) / "run_dir.txt"
+    if marker.is_file():
+        return Path(marker.read_text().strip())
+    return Path(job_out_dir) / "run"
+
+
+def run_train_job(request: dict, jc, ctx) -> dict:
+    """Job kind "train" (gpu lane, resumable). ``request`` is a TrainRequest dict without ``out``; with
+    ``continue_run`` (a run folder of the same owner) or when resumed by the job system, training continues
+    from the last checkpoint of that run."""
+    from pipelines.training.recipe import TrainRequest
+    from pipelines.training.trainer import TrainCallbacks, run_training
+
+    d = dict(request)
+    cont = d.pop("continue_run", None)
+    if jc.resume_from is not None:
+        run = run_dir_of(jc.resume_from)
+    elif cont:
+        run = Path(owned_path(ctx, jc.owner, cont, "continue_run"))
+    else:
+        run = Path(jc.out_dir) / "run"
+    d["data"] = owned_path(ctx, jc.owner, d.get("data"), "data")
+    d["validation_reference"] = owned_path(ctx, jc.owner, d.get("validation_reference"), "validation_reference")
+    d["reference_overrides"] = {k: owned_path(ctx, jc.owner, v, f"reference for {k}")
+                                for k, v in (d.get("reference_overrides") or {}).items()}
+    d["out"] = str(run)
+    d["resume"] = bool(jc.resume_from is not None or cont)
+    d["models_dir"] = str(ctx.models_dir) if ctx.models_dir else None
+    req = TrainRequest.from_dict(d)
+    (Path(jc.out_dir) / "run_dir.txt").write_text(str(run))
+
+    def progress(step, total, loss, s_per_step):
+        eta = max(0, total - step) * s_per_step
+        jc.progress(step / max(total, 1), f"step {step}/{total} · loss {loss:.4f} · {s_per_step:.2f} s/step · "
+                                          f"ETA {duration(eta)}")
+
+    def on_sample(step, path):
+        jc.add_output(path)
+
+    cb = TrainCallbacks(progress=progress, should_stop=lambda: jc.cancelled, on_sample=on_sample)
+    result = run_training(req, callbacks=cb, on_status=lambda msg: jc.progress(0.0, msg))
+    lora = run / "lora.safetensors"
+    if lora.is_file():
+        jc.add_output(lora)
+    return {"run_dir": str(run), "lora": str(lora) if lora.is_file() else None, "step": result.step,
+            "total": result.total, "stopped": result.stopped, "seconds_per_step": result.seconds_per_step,
+            "samples": [str(p) for p in result.samples], "checkpoints": [str(p) for p in result.checkpoints]}
+
+
+def train_request(fields: dict, data: str) -> dict:
+    """A validated "train" job request from TrainRequest fields (no out/resume/models_dir: the job sets them)
+    and a staged dataset path. On the tiny model the tiny-size overrides apply unless given."""
+    from pipelines.training.recipe import TrainRequest
+
+    d = {k: v for k, v in fields.items() if k not in ("data", "out", "resume", "models_dir", "continue_run")}
+    if d.get("model", "tiny") == "tiny":
+        d["overrides"] = dict(TINY_OVERRIDES, **(d.get("overrides") or {}))
+    req = TrainRequest.from_dict(dict(d, data=data, out="(job folder)")).to_dict()
+    for k in ("out", "resume", "models_dir"):
+        req.pop(k)
+    return req
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def stage_dataset(ctx, owner: str, files: list) -> Path:
+    """Copy uploaded clips (or one .zip) into ``<outputs>/<owner>/datasets/<id>/``: uploads are temporary,
+    a training run must be able to read its data for hours and again on resume."""
+    if not files:
+        raise UserError("no clips uploaded: add 15-40 videos of the subject (or one .zip), captions as .txt")
+    dest = ctx.user_dir(owner, "datasets") / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    dest.mkdir(parents=True, exist_ok=False)
+    paths = [Path(getattr(f, "name", f)) for f in files]
+    try:
+        for p in paths:
+            if p.suffix.lower() not in CLIP_TYPES:
+                raise UserError(f"{p.name}: not a clip, caption, image or .zip (accepted: {', '.join(CLIP_TYPES)})")
+            shutil.copyfile(p, dest / p.name)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)  # no half-staged dataset left behind
+        raise
+    zips = [p for p in paths if p.suffix.lower() == ".zip"]
+    if zips and len(paths) == 1:
+        return dest / zips[0].name
+    return dest
+
+
+def checkpoints(run: Path) -> list[dict]:
+    """[{step, lora, sample}] of a run folder, oldest first."""
+    out = []
+    for d in sorted((run / "checkpoints").glob("step_*")):
+        lora = d / "lora.safetensors"
+        if not lora.is_file():
+            continue  # being written
+        sample = d / "sample.mp4"
+        try:
+            step = int(d.name.split("_")[1])
+        except (IndexError, ValueError):
+            continue
+        out.append({"step": step, "lora": str(lora), "sample": str(sample) if sample.is_file() else None})
+    return out
+
+
+def control_file(ctx, job_id: str | None, owner: str, name: str) -> str:
+    """Ask the running trainer to sample / save / stop at the end of its current step."""
+    if not job_id:
+        raise UserError("no training run yet")
+    job = ctx.jobs.get(job_id, owner)
+    if not job.active:
+        raise UserError(f"the run is {job.status.value}, not running")
+    ctrl = run_dir_of(job.out_dir) / "control"
+    ctrl.mkdir(parents=True, exist_ok=True)
+    (ctrl / name).write_text(str(time.time()))
+    return {"sample_now": "A sample will be made after the current step.",
+            "save_now": "A checkpoint will be saved after the current step.",
+            "stop": "Stopping after the current step (a checkpoint is saved)."}[name]
+
+
+def continue_run(ctx, job_id: str | None, owner: str) -> str:
+    """A new train job continuing the run of ``job_id`` from its last checkpoint."""
+    if not job_id:
+        raise UserError("no training run to continue")
+    job = ctx.jobs.get(job_id, owner)
+    if job.active:
+        raise UserError("the run is still going")
+    if not checkpoints(run_dir_of(job.out_dir)):
+        raise UserError("this run has no checkpoint yet: start it again instead")
+    if job.status.value in ("interrupted", "failed", "cancelled"):
+        return ctx.jobs.resume(job_id, owner)
+    req = dict(job.request or {})
+    req["continue_run"] = str(run_dir_of(job.out_dir))
+    return ctx.jobs.submit(owner, KIND, req)
+
+
+def register(ctx) -> None:
+    if KIND not in ctx.jobs.kinds:
+        ctx.jobs.register(KIND, lambda req, jc: run_train_job(req, jc, ctx), lane="gpu", resumable=True)
