@@ -53,11 +53,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import UserError
+from pipelines.errors import Cancelled, UserError, plain_error
 from studio.security import validate_username
 
 __all__ = [
-    "DB_NAME", "Job", "JobCancelled", "JobContext", "JobFn", "JobKind", "JobManager", "JobNotFound", "JobStatus",
+    "DB_NAME", "Job", "JobCancelled", "JobCheck", "JobContext", "JobFn", "JobKind", "JobManager", "JobNotFound", "JobStatus",
     "JobStore", "Lane",
 ]
 
@@ -273,6 +273,15 @@ class JobStore:
             rows = self._conn.execute(sql, args).fetchall()
         return [self._row_to_job(r) for r in rows]
 
+    def count(self, owner: str, statuses: Iterable[JobStatus]) -> int:
+        """How many of ``owner``'s jobs have one of ``statuses``."""
+        values = [JobStatus(x).value for x in statuses]
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN ({','.join('?' * len(values))})",
+                [owner, *values]).fetchone()
+        return int(row[0])
+
     def transition(self, job_id: str, from_statuses: Iterable[JobStatus], **fields: Any) -> bool:
         """Update ``fields`` of the job only if its status is one of ``from_statuses``; True if it was."""
         unknown = set(fields) - _UPDATABLE
@@ -340,6 +349,7 @@ class JobContext:
         self.message: str | None = None
         self.preview: str | None = None
         self.outputs: list[str] = []
+        self._write_failed = False
 
     @property
     def cancelled(self) -> bool:
@@ -369,21 +379,34 @@ class JobContext:
         now = time.monotonic()
         if changed or fraction >= 1.0 or now - self._last_write >= self._interval:
             self._last_write = now
-            self._store.transition(self.job_id, (JobStatus.RUNNING,), **fields)
+            self._write(**fields)
 
     def add_output(self, path: str | os.PathLike) -> None:
         """Record a finished output file (shown in history even if the job later fails or is cancelled)."""
         p = os.fspath(path)
         if p not in self.outputs:
             self.outputs.append(p)
-            self._store.transition(self.job_id, (JobStatus.RUNNING,), outputs=self.outputs)
+            self._write(outputs=self.outputs)
 
     def flush(self) -> None:
         """Write the latest throttled fraction (called by the manager when the job ends)."""
-        self._store.transition(self.job_id, (JobStatus.RUNNING,), progress=self.fraction)
+        self._write(progress=self.fraction)
+
+    def _write(self, **fields: Any) -> None:
+        """Progress and outputs are best effort: a job database that cannot be written (disk full, read-only)
+        must not stop the work itself; the outputs stay in memory and go into the final row."""
+        try:
+            self._store.transition(self.job_id, (JobStatus.RUNNING,), **fields)
+        except (sqlite3.Error, OSError) as exc:
+            if not self._write_failed:
+                log.warning("job %s: progress not saved (%s)", self.job_id, plain_error(exc) or exc)
+            self._write_failed = True
 
 
 JobFn = Callable[[dict, JobContext], "dict | None"]
+
+
+JobCheck = Callable[[str, dict], "dict | None"]  # (owner, request) -> checked request (None: unchanged)
 
 
 @dataclass(frozen=True)
@@ -392,6 +415,10 @@ class JobKind:
     fn: JobFn
     lane: Lane
     resumable: bool
+    check: JobCheck | None = None  # run at submit, in the caller's thread, before the job is recorded
+
+
+_KEEP = object()
 
 
 class _LaneWorkers:
@@ -443,22 +470,29 @@ class JobManager:
         light_workers: threads for the ``light`` lane.
         progress_interval: minimum seconds between fraction-only progress writes of one job.
         start: start the worker threads now (else call ``start()``).
+        max_queued_per_user: how many jobs one owner may have waiting (not yet running); None = no cap. A
+            submit beyond it is refused with a message (one user cannot fill the queue for everyone).
     """
 
     def __init__(self, outputs_dir: str | os.PathLike, *, db_path: str | os.PathLike | None = None,
-                 gpu_workers: int = 1, light_workers: int = 2, progress_interval: float = 0.2, start: bool = True):
+                 gpu_workers: int = 1, light_workers: int = 2, progress_interval: float = 0.2, start: bool = True,
+                 max_queued_per_user: int | None = None):
         if gpu_workers < 1 or light_workers < 1:
             raise ValueError(f"each lane needs at least one worker, got gpu={gpu_workers} light={light_workers}")
         self.outputs_dir = Path(outputs_dir).expanduser().resolve()
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(db_path if db_path is not None else self.outputs_dir / DB_NAME)
         self.progress_interval = float(progress_interval)
+        self.max_queued_per_user = max_queued_per_user
         self.interrupted_at_start = self.store.mark_interrupted("interrupted: the server stopped before this job finished")
         if self.interrupted_at_start:
             log.warning("marked %d job(s) left by a previous server as interrupted", self.interrupted_at_start)
         self._kinds: dict[str, JobKind] = {}
         self._cond = threading.Condition(threading.RLock())
         self._cancel_events: dict[str, threading.Event] = {}
+        # final states the database refused (disk full, read-only): shown from memory, written when it can be
+        self._unsaved: dict[str, dict[str, Any]] = {}
+        self._retrier: threading.Thread | None = None
         self._lanes = {
             Lane.GPU: _LaneWorkers(Lane.GPU, gpu_workers, self._run),
             Lane.LIGHT: _LaneWorkers(Lane.LIGHT, light_workers, self._run),
@@ -470,12 +504,22 @@ class JobManager:
 
     # -- setup -----------------------------------------------------------------------------------------------
 
-    def register(self, kind: str, fn: JobFn, lane: Lane | str = Lane.GPU, *, resumable: bool = False) -> None:
-        """Declare a kind of job. ``fn(request, ctx) -> dict | None`` runs on ``lane``'s workers."""
+    def register(self, kind: str, fn: JobFn, lane: Lane | str = Lane.GPU, *, resumable: bool = False,
+                 check: JobCheck | None | object = _KEEP) -> None:
+        """Declare a kind of job. ``fn(request, ctx) -> dict | None`` runs on ``lane``'s workers.
+
+        ``check(owner, request) -> request | None`` runs at every submit of this kind (UI, API, resume), in the
+        submitting thread and before anything is recorded: it raises UserError for a request that must not be
+        queued (over the size limits, a missing or unreadable input) and may return a normalised request.
+        Registering a kind again without ``check`` keeps the check it had (a wrapper of ``fn`` stays checked).
+        """
         if not kind or not isinstance(kind, str):
             raise ValueError("job kind must be a non-empty string")
         with self._cond:
-            self._kinds[kind] = JobKind(kind, fn, Lane(lane), bool(resumable))
+            if check is _KEEP:
+                old = self._kinds.get(kind)
+                check = old.check if old is not None else None
+            self._kinds[kind] = JobKind(kind, fn, Lane(lane), bool(resumable), check)  # type: ignore[arg-type]
 
     @property
     def kinds(self) -> dict[str, JobKind]:
@@ -544,30 +588,68 @@ class JobManager:
         if spec is None:
             raise UserError(f"unknown job kind {kind!r}; known kinds: {', '.join(sorted(self._kinds)) or 'none'}")
         payload = json.loads(_dumps(_request_dict(request)))
+        self._check_queue_room(owner)  # cheap: before the (possibly slow) input checks
+        if spec.check is not None:
+            checked = spec.check(owner, payload)
+            if checked is not None:
+                payload = json.loads(_dumps(_request_dict(checked)))
         job_id = uuid.uuid4().hex
         out_dir = self.outputs_dir / owner / job_id
         with self._cond:
             if self._closed:
                 raise UserError("the server is shutting down; submit the job again after it restarts")
-            self.store.insert(job_id=job_id, owner=owner, kind=kind, lane=spec.lane, request=payload,
-                              out_dir=str(out_dir), resumable=spec.resumable,
-                              resumed_from=resume_of.id if resume_of else None)
+            self._check_queue_room(owner)
+            try:
+                self.store.insert(job_id=job_id, owner=owner, kind=kind, lane=spec.lane, request=payload,
+                                  out_dir=str(out_dir), resumable=spec.resumable,
+                                  resumed_from=resume_of.id if resume_of else None)
+            except (sqlite3.Error, OSError) as exc:
+                plain = plain_error(exc)
+                if plain is None:
+                    raise
+                raise UserError(f"the job could not be recorded on the server ({plain}); try again later") from None
             self._cancel_events[job_id] = threading.Event()
             if enqueue:
                 self._lanes[spec.lane].queue.put(job_id)  # under the lock: queue order == seq order
         return job_id
 
+    def _check_queue_room(self, owner: str) -> None:
+        cap = self.max_queued_per_user
+        if cap is None:
+            return
+        waiting = self.store.count(owner, (JobStatus.QUEUED,))
+        if waiting >= cap:
+            raise UserError(f"you already have {waiting} job(s) waiting in the queue, the most one user may have "
+                            f"on this server ({cap}); wait for one to start or cancel one (the server's owner can "
+                            "raise it: `python app.py --max-queued-jobs N`)")
+
     def get(self, job_id: str, owner: str) -> Job:
         """The job, if ``owner`` owns it; JobNotFound otherwise (also for other owners' jobs)."""
-        job = self.store.get(job_id) if isinstance(job_id, str) else None
+        job = self._load(job_id) if isinstance(job_id, str) else None
         if job is None or job.owner != owner:
             raise JobNotFound(f"no job {job_id!r} for this user")
         return job
 
+    def _load(self, job_id: str) -> Job | None:
+        return self._overlay(self.store.get(job_id))
+
+    def _overlay(self, job: Job | None) -> Job | None:
+        """The job as it really is: a final state the database could not store yet wins over its row."""
+        if job is None or not self._unsaved or not job.status.active:
+            return job
+        pending = self._unsaved.get(job.id)
+        if pending is None:
+            return job
+        fields = {k: v for k, v in pending.items() if k in {f.name for f in dataclasses.fields(Job)}}
+        if "status" in fields:
+            fields["status"] = JobStatus(fields["status"])
+        return dataclasses.replace(job, updated=time.time(), **fields)
+
     def list(self, owner: str, limit: int = 50, *, active_only: bool = False, kind: str | None = None) -> list[Job]:
         """``owner``'s jobs, newest first (``active_only``: queued and running only)."""
         statuses = (JobStatus.QUEUED, JobStatus.RUNNING) if active_only else None
-        return self.store.list(owner, limit, statuses=statuses, kind=kind)
+        jobs = [self._overlay(j) for j in self.store.list(owner, limit, statuses=statuses, kind=kind)]
+        return [j for j in jobs if j is not None and (not active_only or j.active)]
 
     def position(self, job_id: str, owner: str) -> int | None:
         """Jobs of the same lane running or waiting before this one (0: next or running); None once finished."""
@@ -586,9 +668,12 @@ class JobManager:
                 self._cond.notify_all()
                 return True
             event = self._cancel_events.get(job_id)
-            if event is not None and self.store.get(job_id).status is JobStatus.RUNNING:  # type: ignore[union-attr]
-                event.set()
-                self.store.transition(job_id, (JobStatus.RUNNING,), message="cancelling...")
+            if event is not None and job.status is JobStatus.RUNNING:
+                event.set()  # the job stops at its next check, whether or not the message below is saved
+                try:
+                    self.store.transition(job_id, (JobStatus.RUNNING,), message="cancelling...")
+                except (sqlite3.Error, OSError) as exc:
+                    log.warning("job %s: 'cancelling' not saved (%s)", job_id, plain_error(exc) or exc)
                 return True
             return False
 
@@ -609,7 +694,7 @@ class JobManager:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
-                job = self.get(job_id, owner) if owner is not None else self.store.get(job_id)
+                job = self.get(job_id, owner) if owner is not None else self._load(job_id)
                 if job is None:
                     raise JobNotFound(f"no job {job_id!r}")
                 if job.status.terminal:
@@ -622,10 +707,68 @@ class JobManager:
     # -- the worker side -------------------------------------------------------------------------------------
 
     def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
+        """Write the job's final state. A database that refuses it (disk full, read-only) does not leave the job
+        'running': the state is kept in memory (every read shows it, waiters wake up), retried every few
+        seconds, and a row still 'running' at the next start is marked interrupted."""
+        fields = dict(fields, status=status, finished=time.time())
         with self._cond:
-            self.store.transition(job_id, (JobStatus.RUNNING,), status=status, finished=time.time(), **fields)
+            try:
+                self._write_final(job_id, fields)
+            except (sqlite3.Error, OSError) as exc:
+                log.error("job %s: final state %s not saved (%s); kept in memory and retried", job_id,
+                          status.value, plain_error(exc) or exc)
+                self._unsaved[job_id] = fields
+                self._start_retrier()
             self._cancel_events.pop(job_id, None)
             self._cond.notify_all()
+
+    def _write_final(self, job_id: str, fields: dict[str, Any]) -> None:
+        last: BaseException | None = None
+        for delay in (0.0, 0.05, 0.2):  # a locked or briefly full database often recovers at once
+            if delay:
+                time.sleep(delay)
+            try:
+                self.store.transition(job_id, (JobStatus.RUNNING, JobStatus.QUEUED), **fields)
+                return
+            except (sqlite3.Error, OSError) as exc:
+                last = exc
+        raise last  # type: ignore[misc]
+
+    def _start_retrier(self) -> None:
+        if self._retrier is not None and self._retrier.is_alive():
+            return
+        self._retrier = threading.Thread(target=self._retry_unsaved, name="jobs-retry-final", daemon=True)
+        self._retrier.start()
+
+    def _retry_unsaved(self, interval: float = 2.0) -> None:
+        while True:
+            time.sleep(interval)
+            with self._cond:
+                for job_id, fields in list(self._unsaved.items()):
+                    try:
+                        self.store.transition(job_id, (JobStatus.RUNNING, JobStatus.QUEUED), **fields)
+                    except (sqlite3.Error, OSError):
+                        continue
+                    self._unsaved.pop(job_id, None)
+                    log.info("job %s: final state saved after all", job_id)
+                if not self._unsaved or self._closed:
+                    return
+
+    def _end_fields(self, job: Job, exc: BaseException) -> tuple[JobStatus, dict[str, Any]]:
+        """The final state for a job that raised ``exc``: cancelled, a user's mistake, a failure of the machine
+        in plain words (disk full, permission denied: <folder>), or a bug (logged with a log id)."""
+        if isinstance(exc, (JobCancelled, Cancelled)):
+            return JobStatus.CANCELLED, {"message": "cancelled"}
+        if isinstance(exc, UserError):
+            return JobStatus.FAILED, {"error": str(exc), "message": f"failed: {exc}"}
+        plain = plain_error(exc)
+        if plain is not None:
+            log.warning("job %s (%s, owner %s) failed: %s", job.id, job.kind, job.owner, plain, exc_info=exc)
+            return JobStatus.FAILED, {"error": plain, "message": f"failed: {plain}"}
+        log_id = secrets.token_hex(4)
+        log.error("job %s (%s, owner %s) failed [log id %s]", job.id, job.kind, job.owner, log_id, exc_info=exc)
+        text = f"internal error (log id {log_id})"
+        return JobStatus.FAILED, {"error": text, "log_id": log_id, "message": text}
 
     def _run(self, job_id: str) -> None:
         job = self.store.get(job_id)
@@ -633,9 +776,17 @@ class JobManager:
             return
         with self._cond:
             event = self._cancel_events.get(job_id)
-            if event is None or not self.store.transition(job_id, (JobStatus.QUEUED,), status=JobStatus.RUNNING,
-                                                          started=time.time(), message="running"):
+            if event is None:
                 return  # cancelled (or interrupted) while it waited
+            try:
+                started = self.store.transition(job_id, (JobStatus.QUEUED,), status=JobStatus.RUNNING,
+                                                started=time.time(), message="running")
+            except (sqlite3.Error, OSError) as exc:  # it cannot even be marked running: end it, plainly
+                status, fields = self._end_fields(job, exc)
+                self._finish(job_id, status, **fields)
+                return
+            if not started:
+                return
         spec = self._kinds.get(job.kind)
         ctx: JobContext | None = None
         try:
@@ -654,25 +805,14 @@ class JobManager:
             result_dict = json.loads(_dumps({} if result is None else _result_dict(result)))
             outputs = _merge_outputs(ctx.outputs, result_dict.get("outputs"))
             message = "finished before the cancel took effect" if ctx.cancelled else (ctx.message or "done")
-            self._finish(job_id, JobStatus.DONE, result=result_dict, outputs=outputs, progress=1.0, message=message)
-        except JobCancelled:
+            status, fields = JobStatus.DONE, dict(result=result_dict, outputs=outputs, progress=1.0, message=message)
+        except BaseException as exc:  # noqa: BLE001  whatever a job raises, it must reach a final state
+            status, fields = self._end_fields(job, exc)
             if ctx is not None:
-                ctx.flush()
-            self._finish(job_id, JobStatus.CANCELLED, message="cancelled")
-        except UserError as exc:
-            if ctx is not None:
-                ctx.flush()
-            self._finish(job_id, JobStatus.FAILED, error=str(exc), message=f"failed: {exc}")
-        except BaseException as exc:  # noqa: BLE001  a bug in a job must not reach the worker loop
-            log_id = secrets.token_hex(4)
-            log.error("job %s (%s, owner %s) failed [log id %s]", job_id, job.kind, job.owner, log_id, exc_info=exc)
-            if ctx is not None:
-                try:
-                    ctx.flush()
-                except Exception:  # noqa: BLE001
-                    pass
-            text = f"internal error (log id {log_id})"
-            self._finish(job_id, JobStatus.FAILED, error=text, log_id=log_id, message=text)
+                ctx.flush()  # best effort, never raises
+                if ctx.outputs:
+                    fields["outputs"] = list(ctx.outputs)  # what it finished stays listed
+        self._finish(job_id, status, **fields)
 
 
 def _request_dict(request: Any) -> dict:
