@@ -31,7 +31,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="tiny", help="model to select by default: tiny or a name from the Models tab")
     p.add_argument("--auth", default=None, metavar="FILE", help="users file (python -m studio.cli_users add FILE NAME)")
     p.add_argument("--max-file-size", default="2gb", help="upload size limit, e.g. 500mb")
+    add_limit_arguments(p)
     return p.parse_args(argv)
+
+
+def add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    """The size limits every request is checked against (pipelines.limits); the defaults suit one large GPU."""
+    g = p.add_argument_group("request limits (refused at submit with a message naming the flag)")
+    g.add_argument("--max-frames", type=int, default=None, metavar="N", help="frames of any video (default 257)")
+    g.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="width x height of one frame (default 4194304 = 2048x2048)")
+    g.add_argument("--max-volume", type=int, default=None, metavar="N",
+                   help="frames x width x height (default 269484032 = 257 frames at 1024x1024)")
+    g.add_argument("--max-queued-jobs", type=int, default=None, metavar="N",
+                   help="jobs one user may have waiting in the queue (default 16)")
 
 
 def resolve_host(args, env=None) -> str:
@@ -53,7 +66,9 @@ def main(argv=None) -> int:
 
     host = resolve_host(args)
     cfg = StudioConfig(models_dir=args.models_dir, outputs_dir=args.outputs_dir, model=args.model, host=host,
-                       port=args.port, auth_file=args.auth, max_file_size=args.max_file_size)
+                       port=args.port, auth_file=args.auth, max_file_size=args.max_file_size,
+                       max_frames=args.max_frames, max_pixels=args.max_pixels, max_volume=args.max_volume,
+                       max_queued_jobs=args.max_queued_jobs)
     try:
         launch(cfg)
     except UserError as exc:

@@ -455,6 +455,8 @@ def load_spec(path: str | os.PathLike, **overrides: Any) -> MaskSpec:
         raise UserError(f"mask spec {p} does not exist") from None
     except OSError as exc:
         raise UserError(f"cannot read mask spec {p}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"mask spec {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

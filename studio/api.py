@@ -2,7 +2,7 @@
 
     generate(request)                  -> job id      (a GenerateRequest dict; paths from `upload` or the assets)
     preprocess(clip, kind, w, h, n, fps, options) -> job id   (control video: canny / depth / pose / passthrough)
-    tracks_render(tracks, w, h, frames) -> file       (the Motion-Track control video, rendered now: light work)
+    tracks_render(tracks, w, h, frames) -> file       (the Motion-Track control video: a light job, waited for)
     train(dataset, request)            -> job id      (a .zip of clips + TrainRequest fields without data/out)
     train_control(job_id, action)      -> message     (sample_now / save_now / stop a running training)
     upload(file)                       -> server path (for the path fields of a request)
@@ -12,7 +12,6 @@ Every endpoint works on the caller's own jobs and files only (the logged-in user
 """
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -80,10 +79,11 @@ def install_api(ctx) -> None:
     @guard
     def upload(file: FileData, req: gr.Request) -> str:
         """Keep an uploaded file in your uploads folder; returns the server path to put in a request."""
+        from pipelines.files import atomic_copy
+
         src = Path(_path(file))
         dest = ctx.user_dir(ctx.owner(req), "uploads") / f"{uuid.uuid4().hex[:8]}-{src.name}"
-        shutil.copyfile(src, dest)
-        return str(dest)
+        return str(atomic_copy(src, dest))  # whole or not at all (a full disk leaves no 0-byte file)
 
     @guard
     def preprocess(clip: FileData, kind: str, width: int, height: int, frames: int, fps: float, options: dict,
@@ -98,28 +98,26 @@ def install_api(ctx) -> None:
 
     @guard
     def tracks_render(tracks: FileData, width: int, height: int, frames: int, req: gr.Request) -> FileData:
-        """Render a tracks JSON (ours, ComfyUI's splines or per-frame lists) to the Motion-Track control mp4."""
-        from pipelines.tracks import load_tracks, write_track_video
+        """Render a tracks JSON (ours, ComfyUI's splines or per-frame lists) to the Motion-Track control mp4.
+        Checked against the size limits first; rendered by a light job (never in this request thread)."""
+        from studio.kinds.tracks import render_now
 
-        ts = load_tracks(_path(tracks), width=int(width), height=int(height), frames=int(frames))
-        out = ctx.user_dir(ctx.owner(req), "tracks") / f"tracks-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.mp4"
-        write_track_video(ts, out, int(width), int(height), int(frames))
-        return FileData(path=str(out))
+        return FileData(path=render_now(ctx, ctx.owner(req), {"tracks": _path(tracks), "width": width,
+                                                               "height": height, "frames": frames}))
 
     @guard
     def train(dataset: FileData, request: dict, req: gr.Request) -> str:
         """Start an IC-LoRA training from a .zip of clips; request: TrainRequest fields (preset, model, trigger,
         overrides, ...) without data/out. Returns the job id; the result holds the exported LoRA's path."""
         from studio.spaces import training_available
-        from studio.kinds.train import stage_dataset, train_request
+        from studio.kinds.train import submit_training
 
         ok, why = training_available()
         if not ok:
             raise UserError(why)
         owner = ctx.owner(req)
         request = check_request_paths(dict(request or {}), checker_for(ctx, owner))  # before anything is read
-        data = stage_dataset(ctx, owner, [_path(dataset)])
-        return ctx.jobs.submit(owner, "train", train_request(dict(request or {}), str(data)))
+        return submit_training(ctx, owner, [_path(dataset)], request)
 
     @guard
     def train_control(job_id: str, action: str, req: gr.Request) -> str:

@@ -24,6 +24,18 @@ class StudioConfig:
     auth_file: str | None = None
     max_file_size: str = "2gb"
     gpu_workers: int = 1
+    # size limits (pipelines.limits) over this host's profile; None keeps the profile's value
+    max_frames: int | None = None
+    max_pixels: int | None = None
+    max_volume: int | None = None
+    max_queued_jobs: int | None = None
+
+    def limits(self):
+        """This server's limits: the host's profile (ZeroGPU or default) with the flags given applied."""
+        from studio.spaces import default_limits
+
+        return default_limits().with_overrides(max_frames=self.max_frames, max_pixels=self.max_pixels,
+                                               max_volume=self.max_volume, max_queued_jobs=self.max_queued_jobs)
 
     @property
     def paths(self) -> Paths:
@@ -46,6 +58,13 @@ class StudioContext:
         return self.config.paths.outputs_dir
 
     @property
+    def limits(self):
+        """The size limits every submit is checked against (pipelines.limits.active(): one per process)."""
+        from pipelines.limits import active
+
+        return active()
+
+    @property
     def models_dir(self) -> Path | None:
         return self.config.paths.models_dir
 
@@ -65,21 +84,15 @@ class StudioContext:
         return d
 
     def submit(self, owner: str, kind: str, request) -> str:
-        """Submit a job; returns its id. Every tab and the API submit here, so a generation is checked here:
-        against this host's size limits (ZeroGPU), and its LoRA files (NaN/Inf, mixed reference factors), so a
-        bad request is refused at once instead of failing after its turn in the queue.
+        """Submit a job; returns its id. Each kind's own check (studio.kinds: size limits, inputs probed, LoRA
+        files) runs inside ``jobs.submit``, so a bad request is refused at once, from any tab or the API,
+        instead of failing after its turn in the queue.
 
         On a ZeroGPU Space the GPU exists only inside a ``@spaces.GPU`` call made by the request itself (not in
         a worker thread), so there a gpu-lane job runs right here, inside that call (``JobManager.run_now``),
         and is finished when this returns. Everywhere else: the queue."""
-        from studio.spaces import check_limits, default_limits, on_zero_gpu
+        from studio.spaces import on_zero_gpu
 
-        if kind == "generate" and isinstance(request, dict):
-            check_limits(request, default_limits())
-            if request.get("loras"):
-                from pipelines.models.lora import precheck_loras
-
-                precheck_loras([lo["path"] for lo in request["loras"] if isinstance(lo, dict) and lo.get("path")])
         spec = self.jobs.kinds.get(kind)
         if spec is not None and spec.lane.value == "gpu" and on_zero_gpu():
             if self._zero_gpu_run is None:
@@ -133,8 +146,11 @@ def build_context(config: StudioConfig) -> StudioContext:
     paths.outputs_dir.mkdir(parents=True, exist_ok=True)
     if config.models_dir and not Path(config.models_dir).is_dir():
         raise UserError(f"--models-dir {config.models_dir} is not a folder")
+    from pipelines.limits import configure
+
+    limits = configure(config.limits())  # one server per process: every check reads these
     service = EngineService(models_dir=str(paths.models_dir) if paths.models_dir else None)
-    jobs = JobManager(paths.outputs_dir, gpu_workers=config.gpu_workers)
+    jobs = JobManager(paths.outputs_dir, gpu_workers=config.gpu_workers, max_queued_per_user=limits.max_queued_jobs)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     ctx = StudioContext(config=config, jobs=jobs, service=service, guard=_guard_state(config, paths))
     register_all(ctx)  # every job kind, whichever tabs are built (the API needs them all)

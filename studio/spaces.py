@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import TypeVar
 
 F = TypeVar("F", bound=Callable)
@@ -66,45 +65,14 @@ def gpu_wrap(fn: F, duration: int = ZEROGPU_MAX_DURATION_S, env: dict | None = N
     return spaces.GPU(duration=int(min(duration, ZEROGPU_MAX_DURATION_S)))(fn)
 
 
-@dataclass(frozen=True)
-class RequestLimits:
-    """Upper bounds the UI and API apply to one request on this host."""
+def default_limits(env: dict | None = None):
+    """The size limits of this host (pipelines.limits): the ZeroGPU profile on a ZeroGPU Space (70 GB and 300 s
+    per call: larger sizes are refused up front rather than killed at the time cap), else the default ones."""
+    from pipelines.limits import Limits, zero_gpu
 
-    max_width: int
-    max_height: int
-    max_frames: int
-    max_steps: int
-    default_tier: str
-    vram_gb: float | None
-    max_duration_s: int | None
-    queue_max_size: int | None
-    training: bool
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    return zero_gpu() if on_zero_gpu(env) else Limits()
 
 
-def default_limits(env: dict | None = None) -> RequestLimits:
-    """Request limits for this host. ZeroGPU: 70 GB and 300 s per call, so a 22B distilled run at 768x512 x
-    121 frames (about 1-2 min on an H200 slice) fits; larger sizes are refused up front rather than killed
-    at the time cap. Other Spaces hardware and local runs are bounded only by the model."""
-    if on_zero_gpu(env):
-        return RequestLimits(max_width=1024, max_height=1024, max_frames=121, max_steps=40, default_tier="fp8",
-                             vram_gb=ZEROGPU_VRAM_GB, max_duration_s=ZEROGPU_MAX_DURATION_S, queue_max_size=20,
-                             training=False)
-    return RequestLimits(max_width=2048, max_height=2048, max_frames=257, max_steps=200, default_tier="auto",
-                         vram_gb=None, max_duration_s=None, queue_max_size=None, training=True)
-
-
-def check_limits(request: dict, limits: RequestLimits) -> None:
-    """UserError when a GenerateRequest dict exceeds ``limits`` (says which field and the bound)."""
-    from pipelines.errors import UserError
-
-    for field, bound in (("width", limits.max_width), ("height", limits.max_height), ("frames", limits.max_frames)):
-        v = request.get(field)
-        if isinstance(v, int) and v > bound:
-            raise UserError(f"{field}={v} is over this host's limit of {bound}"
-                            + (" (ZeroGPU: 300 s per call)" if limits.max_duration_s else ""))
-    steps = request.get("steps")
-    if request.get("schedule") == "full" and isinstance(steps, int) and steps > limits.max_steps:
-        raise UserError(f"steps={steps} is over this host's limit of {limits.max_steps}")
+def check_limits(request: dict, limits) -> None:
+    """UserError when a GenerateRequest dict exceeds ``limits`` (names the bound and how to change it)."""
+    limits.check_generate(request)

@@ -57,6 +57,23 @@ def guard(fn):
     return wrapper
 
 
+def guard_gen(fn):
+    """``guard`` for generator handlers: errors raised while iterating become gr.Error too (guard only sees
+    the call, which for a generator does nothing). Gradio must still see a generator function."""
+    import functools
+
+    end = object()
+    step = guard(lambda gen: next(gen, end))
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        gen = fn(*args, **kwargs)
+        while (item := step(gen)) is not end:
+            yield item
+
+    return wrapper
+
+
 CSS = """
 .job-progress{position:relative;height:26px;border-radius:6px;background:var(--neutral-200,#e5e7eb);overflow:hidden}
 .job-progress .bar{position:absolute;left:0;top:0;bottom:0;background:var(--color-accent,#f97316);transition:width .3s}

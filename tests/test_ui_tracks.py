@@ -189,16 +189,18 @@ def test_generate_request_with_motion_track_lora_runs_on_tiny(studio_server, stu
     first = _png(tmp_path / "first.png", 320, 160)
     lora = _tiny_ic_lora(tiny_model.pipe.transformer, tmp_path / "motion.safetensors")
     with pytest.raises(UserError, match="LoRA"):
-        tab.build_request(value, None, str(first), "a ball", 128, 64, 9, 12, 1.0, 0, "tiny", tmp_path)
-    req = tab.build_request(value, str(lora), str(first), "a ball", 128, 64, 9, 12, 1.0, 0, "tiny", tmp_path)
+        tab.build_request(value, None, str(first), "a ball", 128, 64, 9, 12, 1.0, 0, "tiny")
+    # the control video is rendered by a light job (never in the request thread), then goes into the request
+    rendered = tab.render_control(ctx, LOCAL_OWNER, value, 128, 64, 9, 12)
+    req = tab.build_request(value, str(lora), str(first), "a ball", 128, 64, 9, 12, 1.0, 0, "tiny", rendered)
     (control,) = req.controls
     assert control.kind.value == "motion_track" and req.loras[0].path == str(lora)
     info = probe(control.path)
     assert (info.width, info.height, info.frames) == (128, 64, 9)
     # the control video is BGR: the newest (red) dot reads back as blue from the RGB decoder
     # (at 64 px the bilinear downscale from the 1080 canvas can miss the dots: check at 512x256)
-    big = tab.build_request(value, str(lora), str(first), "a ball", 512, 256, 9, 12, 1.0, 0, "tiny", tmp_path)
-    last = read_video(big.controls[0].path)[0][-1].astype(int)
+    big = tab.render_control(ctx, LOCAL_OWNER, value, 512, 256, 9, 12)
+    last = read_video(big)[0][-1].astype(int)
     r, g, b = last[128, 480]  # the newest dot, pure red in RGB, at the track's end
     assert b > 150 and r < 80 and g < 80, (r, g, b)
     r, g, b = last[128, 32]  # 8 frames old: orange (1, .48, 0) in RGB, stored swapped

@@ -2,7 +2,6 @@
 tab builds, and the whole flow in a browser (sample clip -> canny -> tiny generation)."""
 from __future__ import annotations
 
-import types
 
 import gradio as gr
 import numpy as np
@@ -24,9 +23,11 @@ def union_ctx(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     models = tmp_path / "models"
     (models / "loras").mkdir(parents=True)
+    from studio.context import StudioConfig, StudioContext
+
     jobs = JobManager(tmp_path / "out")
-    ctx = types.SimpleNamespace(jobs=jobs, models_dir=models, outputs_dir=tmp_path / "out", owner=lambda r: "local",
-                                config=types.SimpleNamespace(model="tiny"), shared={})
+    ctx = StudioContext(config=StudioConfig(outputs_dir=str(tmp_path / "out"), models_dir=str(models)), jobs=jobs,
+                        service=None)
     register(ctx)
     yield ctx
     jobs.shutdown(timeout=5)

@@ -65,6 +65,15 @@ def register(subparsers) -> None:
     p.set_defaults(handler=_run, kind="passthrough", option_names=("invert", "gray", "smoothing"))
 
 
+def check_conform_sizes(video: str, target, what: str) -> None:
+    """The source clip probed and the output size checked against the limits, before anything is decoded."""
+    from pipelines.limits import active, probe_video_input
+
+    info = probe_video_input(video, "video", frames=target.frames, fps=target.fps)
+    n = target.frames or info.frames
+    active().check_video(what, target.width or info.width, target.height or info.height, n)
+
+
 def _list(args) -> int:
     from pipelines.cli import print_json
     from pipelines.control import registry_status
@@ -83,6 +92,7 @@ def _run(args) -> int:
     options = options_from_dict(args.kind, {k: getattr(args, k) for k in args.option_names if getattr(args, k) is not None})
     target = ConformTarget(width=args.width, height=args.height, frames=args.frames, fps=args.fps, pad=args.pad)
     target.validate()
+    check_conform_sizes(args.video, target, "control video")
 
     last = [-1]
 

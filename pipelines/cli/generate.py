@@ -86,6 +86,10 @@ def _generate(args) -> int:
     for path in [*(c.path for c in req.controls), *(lo.path for lo in req.loras), req.image, req.mask]:
         if path and not Path(path).is_file():
             raise UserError(f"file not found: {path}")
+    from pipelines.limits import active, check_generate_inputs
+
+    active().check_generate(req.to_dict())  # sizes and counts, then every input probed: before the model loads
+    check_generate_inputs(req.to_dict())
     res = EngineService(args.models_dir).generate(req, args.out)
     md = res["metadata"]
     print_json({"video": res["video"], "settings": res["settings"], "model": md["model"],

@@ -45,7 +45,10 @@ def register(subparsers) -> None:
 def _build(args) -> int:
     from pipelines.masks import load_spec, materialise, save_npy, summary
 
+    from pipelines.limits import active
+
     spec = load_spec(args.spec, width=args.width, height=args.height, frames=args.frames)
+    active().check_video("mask", spec.width, spec.height, spec.frames)  # (F,H,W) float32: before it exists
     mask = materialise(spec)
     path = save_npy(mask, args.out)
     _print({"out": str(path), **summary(mask), "strength": spec.strength})
@@ -55,6 +58,15 @@ def _build(args) -> int:
 def _import(args) -> int:
     from pipelines.masks import import_mask, save_npy, summary
 
+    from pathlib import Path
+
+    from pipelines.limits import active, probe_video_input
+    from pipelines.masks import IMAGE_SUFFIXES
+
+    active().check_video("mask", args.width, args.height, args.frames)
+    src = Path(args.source)
+    if src.is_file() and src.suffix.lower() not in IMAGE_SUFFIXES:
+        probe_video_input(src, "mask video")  # the whole video is decoded: what that costs, first
     imported = import_mask(args.source, args.width, args.height, args.frames)
     path = save_npy(imported.mask, args.out)
     _print({"out": str(path), **summary(imported.mask), "changes": imported.changes})
@@ -67,12 +79,13 @@ def _latent(args) -> int:
     from pipelines.errors import UserError
     from pipelines.masks import check_unit, latent_weights_at_target, save_npy, summary
 
+    from pipelines.limits import probe_mask_input
+
     check_unit(args.strength, "--strength")
+    probe_mask_input(args.mask, "mask")  # exists, is a .npy of numbers, its shape within the limits
     try:
         mask = np.load(args.mask, allow_pickle=False)
-    except FileNotFoundError:
-        raise UserError(f"mask file {args.mask} does not exist") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise UserError(f"cannot read {args.mask} as a .npy array: {exc}") from None
     weights = latent_weights_at_target(mask, args.downscale)
     weights *= np.float32(args.strength)

@@ -3,6 +3,7 @@ editable tracks from a video."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -48,8 +49,17 @@ def cmd_render(args: argparse.Namespace) -> int:
     from pipelines.cli import print_json
     from pipelines.tracks import load_tracks, write_track_video
 
+    from pipelines.limits import active
+
+    limits = active()
+    limits.check_video("track render", args.width, args.height, args.frames or 1)
     cw, ch = _parse_size(args.canvas) if args.canvas else (args.width, args.height)
+    if Path(args.tracks).is_file():
+        limits.check_file_size("tracks", args.tracks, "max_track_file_bytes")
     ts = load_tracks(args.tracks, width=cw, height=ch, frames=args.frames, fps=args.fps)
+    limits.check_video("track render", args.width, args.height, args.frames or ts.frames)
+    limits.check_count("tracks", len(ts.tracks), "max_tracks", "tracks")
+    limits.check_count("tracks", sum(len(t.points) for t in ts.tracks), "max_track_points", "track points")
     out = write_track_video(ts, args.out, args.width, args.height, frames=args.frames, fps=args.fps)
     print_json({"out": str(out), "width": args.width, "height": args.height,
                 "frames": args.frames or ts.frames, "tracks": len(ts.tracks), "channel_order": "BGR"})
@@ -64,9 +74,13 @@ def cmd_auto(args: argparse.Namespace) -> int:
     from pipelines.tracks import auto_tracks, save_tracks
     from pipelines.video_io import read_video
 
+    from pipelines.limits import active, probe_video_input
+
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError(f"--max-frames must be at least 1 (got {args.max_frames})")
-    frames, fps = read_video(args.video, max_frames=args.max_frames)
+    info = probe_video_input(args.video, "video", frames=args.max_frames)
+    active().check_video("tracked clip", info.width, info.height, min(info.frames, args.max_frames or info.frames))
+    frames, fps = read_video(args.video, max_frames=args.max_frames, info=info)
     mask = None
     if args.region:
         mask = cv2.imread(args.region, cv2.IMREAD_GRAYSCALE)

@@ -40,8 +40,11 @@ def _conform(args: argparse.Namespace) -> int:
     from pipelines.cli import print_json
     from pipelines.video_io import ConformTarget, conform_file, write_video
 
+    from pipelines.cli.control import check_conform_sizes
+
     target = ConformTarget(width=args.width, height=args.height, frames=args.frames, fps=args.fps,
                            multiple=args.multiple, pad=args.pad)
+    check_conform_sizes(args.video, target, "conformed video")
     frames, fps, report = conform_file(args.video, target)
     out = write_video(args.out, frames, fps, comment=f"conformed by IC-LoRA Studio: {report.text()}", crf=args.crf)
     print_json({"out": str(out), **report.to_dict(), "text": report.text()})

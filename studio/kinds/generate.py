@@ -23,7 +23,29 @@ def run_generate_job(service, request: dict, ctx) -> dict:
     return {"video": result["video"], "settings": result["settings"], "notice": result["metadata"].get("notice", "")}
 
 
+def check_generate(ctx, owner: str, request: dict) -> dict:
+    """At submit: the request's own sizes and counts against the limits first (nothing is read before), then
+    its paths must lie in the owner's folders, then every input file is probed (exists, decodes, what decoding
+    it costs) and the LoRA files are read (NaN/Inf, mixed reference factors). Returns the checked request."""
+    from pipelines.limits import active, check_generate_inputs
+    from pipelines.requests import GenerateRequest
+    from studio.routes import check_request_paths, checker_for
+
+    limits = active()
+    limits.check_generate(request)
+    request = check_request_paths(request, checker_for(ctx, owner))
+    GenerateRequest.from_dict(request).validate()
+    check_generate_inputs(request, limits)
+    loras = [lo["path"] for lo in request.get("loras") or [] if isinstance(lo, dict) and lo.get("path")]
+    if loras:
+        from pipelines.models.lora import precheck_loras
+
+        precheck_loras(loras)
+    return request
+
+
 def register(ctx) -> None:
     if KIND not in ctx.jobs.kinds:
         service = ctx.service
-        ctx.jobs.register(KIND, lambda req, jc: run_generate_job(service, req, jc), lane="gpu")
+        ctx.jobs.register(KIND, lambda req, jc: run_generate_job(service, req, jc), lane="gpu",
+                          check=lambda owner, req: check_generate(ctx, owner, req))

@@ -96,6 +96,28 @@ def submit_preprocess(ctx, clip, kind, low, high, blur, invert, width, height, f
     return ctx.jobs.submit(ctx.owner(request), KIND, req)
 
 
+def check_preprocess(ctx, owner: str, request: dict) -> dict:
+    """At submit: the target size against the limits, the clip inside the owner's folders, then probed (a
+    missing or broken clip, or one too big to decode, is refused now, not after the queue)."""
+    from pipelines.limits import active, probe_video_input
+    from studio.routes import check_request_paths, checker_for
+
+    limits = active()
+    w, h, n = request.get("width"), request.get("height"), request.get("frames")
+    if w is not None and h is not None:
+        limits.check_video("control video", w, h, n if n is not None else 1)
+    elif n is not None:
+        limits.check_video("control video", 32, 32, n)
+    if not request.get("clip"):
+        raise UserError("no clip: upload a video or press 'Use sample clip'")
+    request = check_request_paths(request, checker_for(ctx, owner))
+    info = probe_video_input(request["clip"], "clip", frames=n, fps=request.get("fps"), limits=limits)
+    if n is None:  # the whole clip becomes the control: its own length and size count
+        limits.check_video("control video", w or info.width, h or info.height, info.frames)
+    return request
+
+
 def register(ctx) -> None:
     if KIND not in ctx.jobs.kinds:
-        ctx.jobs.register(KIND, lambda req, jc: run_preprocess_job(req, jc, ctx.models_dir), lane="light")
+        ctx.jobs.register(KIND, lambda req, jc: run_preprocess_job(req, jc, ctx.models_dir), lane="light",
+                          check=lambda owner, req: check_preprocess(ctx, owner, req))

@@ -104,16 +104,22 @@ def duration(seconds: float) -> str:
 def stage_dataset(ctx, owner: str, files: list) -> Path:
     """Copy uploaded clips (or one .zip) into ``<outputs>/<owner>/datasets/<id>/``: uploads are temporary,
     a training run must be able to read its data for hours and again on resume."""
+    from pipelines.files import atomic_copy
+    from pipelines.training.dataset import check_zip
+
     if not files:
         raise UserError("no clips uploaded: add 15-40 videos of the subject (or one .zip), captions as .txt")
+    paths = [Path(getattr(f, "name", f)) for f in files]
+    for p in paths:
+        if p.suffix.lower() not in CLIP_TYPES:
+            raise UserError(f"{p.name}: not a clip, caption, image or .zip (accepted: {', '.join(CLIP_TYPES)})")
+        if p.suffix.lower() == ".zip":
+            check_zip(p)  # entries, sizes, ratio, links, names: refused before anything is copied
     dest = ctx.user_dir(owner, "datasets") / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     dest.mkdir(parents=True, exist_ok=False)
-    paths = [Path(getattr(f, "name", f)) for f in files]
     try:
         for p in paths:
-            if p.suffix.lower() not in CLIP_TYPES:
-                raise UserError(f"{p.name}: not a clip, caption, image or .zip (accepted: {', '.join(CLIP_TYPES)})")
-            shutil.copyfile(p, dest / p.name)
+            atomic_copy(p, dest / p.name)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)  # no half-staged dataset left behind
         raise
@@ -121,6 +127,23 @@ def stage_dataset(ctx, owner: str, files: list) -> Path:
     if zips and len(paths) == 1:
         return dest / zips[0].name
     return dest
+
+
+def submit_training(ctx, owner: str, files: list, fields: dict) -> str:
+    """Stage the uploaded clips (or .zip) and submit a "train" job with ``fields`` (TrainRequest fields without
+    data/out); a refused request leaves no staged copy behind."""
+    data = stage_dataset(ctx, owner, files)
+    try:
+        return ctx.submit(owner, KIND, train_request(fields, str(data)))
+    except BaseException:
+        shutil.rmtree(staged_root(data), ignore_errors=True)
+        raise
+
+
+def staged_root(data: str | Path) -> Path:
+    """The staging folder of a staged dataset (a staged .zip sits in it)."""
+    data = Path(data)
+    return data.parent if data.suffix.lower() == ".zip" else data
 
 
 def checkpoints(run: Path) -> list[dict]:
@@ -167,9 +190,22 @@ def continue_run(ctx, job_id: str | None, owner: str) -> str:
         return ctx.jobs.resume(job_id, owner)
     req = dict(job.request or {})
     req["continue_run"] = str(run_dir_of(job.out_dir))
-    return ctx.jobs.submit(owner, KIND, req)
+    return ctx.submit(owner, KIND, req)
+
+
+def check_train(ctx, owner: str, request: dict) -> None:
+    """At submit (and resume): the recipe's buckets, validation size and steps against the limits, and the
+    dataset inside the owner's folders."""
+    from pipelines.limits import active
+    from pipelines.training.recipe import TrainRequest
+
+    d = {k: v for k, v in request.items() if k != "continue_run"}
+    d["data"] = owned_path(ctx, owner, d.get("data"), "data")
+    recipe = TrainRequest.from_dict(dict(d, out="(job folder)")).recipe()
+    active().check_train(recipe)
 
 
 def register(ctx) -> None:
     if KIND not in ctx.jobs.kinds:
-        ctx.jobs.register(KIND, lambda req, jc: run_train_job(req, jc, ctx), lane="gpu", resumable=True)
+        ctx.jobs.register(KIND, lambda req, jc: run_train_job(req, jc, ctx), lane="gpu", resumable=True,
+                          check=lambda owner, req: check_train(ctx, owner, req))

@@ -33,6 +33,9 @@ def _target(width, height, frames, downscale=1) -> tuple[int, int, int, int]:
     masks.reference_pixel_size(h, w, d)  # multiples of 32*D, with a clear message
     if f < 1 or (f - 1) % 8:
         raise UserError(f"frames is {f}; it must be 8n+1 (9, 17, ..., 121) so the mask maps onto latent frames")
+    from pipelines.limits import active
+
+    active().check_video("mask", w, h, f)  # every handler sizes its arrays from these: check them first
     return w, h, f, d
 
 
@@ -50,13 +53,17 @@ def read_frame(source: str | None, t: int, width: int, height: int) -> np.ndarra
     """Frame t of the clip (or the image, or a blank checker) fitted to the target size, uint8 RGB."""
     if not source:
         return mask_ui.blank_frame(width, height)
+    from pipelines.limits import probe_image_input, probe_video_input
+
     if Path(source).suffix.lower() in IMAGE_SUFFIXES:
         from pipelines.video_io import read_image
 
+        probe_image_input(source, "image", decode=False)
         return mask_ui.fit_frame(read_image(source), width, height)
     from pipelines.video_io import read_video
 
-    frames, _ = read_video(source, max_frames=int(t) + 1)
+    info = probe_video_input(source, "clip", frames=int(t) + 1)  # what decoding up to frame t costs
+    frames, _ = read_video(source, max_frames=int(t) + 1, info=info)
     return mask_ui.fit_frame(frames[min(int(t), len(frames) - 1)], width, height)
 
 
@@ -65,9 +72,11 @@ def read_frames(source: str | None, frames: int, width: int, height: int) -> np.
     if not source or Path(source).suffix.lower() in IMAGE_SUFFIXES:
         one = read_frame(source, 0, width, height)
         return np.repeat(one[None], frames, axis=0)
+    from pipelines.limits import probe_video_input
     from pipelines.video_io import read_video, resize_cover_crop
 
-    clip, _ = read_video(source, max_frames=frames)
+    info = probe_video_input(source, "clip", frames=frames)
+    clip, _ = read_video(source, max_frames=frames, info=info)
     idx = np.minimum(np.arange(frames), len(clip) - 1)
     out, _ = resize_cover_crop(clip, width, height, indices=idx)
     return out

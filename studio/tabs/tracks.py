@@ -20,9 +20,9 @@ import numpy as np
 
 from pipelines.config import ASSETS_DIR
 from pipelines.errors import UserError
-from pipelines.tracks import Point, Track, TrackSet, load_tracks, render_tracks, save_tracks, write_track_video
+from pipelines.tracks import Point, Track, TrackSet, load_tracks, render_tracks, save_tracks
 from pipelines.video_io import read_image, write_image
-from studio.ui import guard, progress_html
+from studio.ui import guard, guard_gen, progress_html
 
 TITLE = "Motion tracks"
 
@@ -65,10 +65,21 @@ def blank_value(width: int = 768, height: int = 512, frames: int = 121, fps: flo
 
 
 def parse_value(value: str | None) -> TrackSet:
-    """The sketcher's value -> TrackSet (empty canvas for no value). UserError names the bad path."""
+    """The sketcher's value -> TrackSet (empty canvas for no value). UserError names the bad path; a value
+    bigger than a track file may be, or with more tracks or points than the limits allow, is refused before
+    anything is built from it."""
+    from pipelines.limits import active
+    from studio.kinds.tracks import check_tracks_data
+
     if not value:
         return TrackSet(768, 512, 121, 24.0, [])
-    return load_tracks(value, kind="own")
+    limits = active()
+    if len(value) > limits.max_track_file_bytes:
+        raise limits._over("tracks", f"the track data is {len(value):,} characters, over the limit of "
+                                     f"{limits.max_track_file_bytes:,}", "max_track_file_bytes")
+    ts = load_tracks(value, kind="own")
+    check_tracks_data(limits, ts)
+    return ts
 
 
 def rescale(ts: TrackSet, width: int, height: int) -> TrackSet:
@@ -111,10 +122,13 @@ def render_preview(value: str | None, out_dir: Path) -> str | None:
     """Human preview mp4 of the track render, converted back to RGB (the control video itself is BGR)."""
     from pipelines.video_io import write_video
 
+    from pipelines.limits import active
+
     ts = parse_value(value)
     if not ts.tracks:
         return None
     w, h = preview_size(ts.width, ts.height)
+    active().check_video("track preview", w, h, ts.frames)  # before the frames are allocated
     rgb = np.ascontiguousarray(render_tracks(ts, w, h)[..., ::-1])
     out = Path(out_dir) / f"preview-{time.time_ns()}.mp4"
     for old in Path(out_dir).glob("preview-*.mp4"):  # keep the folder small: only the newest previews stay
@@ -139,26 +153,33 @@ def with_canvas(value: str | None, width: int, height: int) -> str:
 
 
 def with_timing(value: str | None, frames: int, fps: float) -> str:
+    from pipelines.limits import active
+
+    active().check_video("tracks", 32, 32, int(frames))  # the frame count alone (the preview renders them)
     ts = parse_value(value)
     return TrackSet(ts.width, ts.height, int(frames), float(fps), ts.tracks).to_json(indent=None)
 
 
 def video_frame(path: str, index: int) -> np.ndarray:
+    from pipelines.limits import probe_video_input
     from pipelines.video_io import read_video
 
-    frames, _ = read_video(path, max_frames=int(index) + 1)
+    info = probe_video_input(path, "video", frames=int(index) + 1)  # what decoding up to that frame costs
+    frames, _ = read_video(path, max_frames=int(index) + 1, info=info)
     return frames[min(int(index), len(frames) - 1)]
 
 
 def extract_value(video: str | None, current: str | None, max_tracks: int) -> str:
     """auto_tracks on the clip (first `frames` frames of the canvas), mapped onto the current canvas."""
+    from pipelines.limits import probe_video_input
     from pipelines.tracks import auto_tracks
     from pipelines.video_io import read_video
 
     if not video:
         raise UserError("upload a video first: tracks are extracted from the uploaded clip")
     cur = parse_value(current)
-    frames, fps = read_video(video, max_frames=cur.frames)
+    info = probe_video_input(video, "video", frames=cur.frames)
+    frames, fps = read_video(video, max_frames=cur.frames, info=info)
     ts = auto_tracks(frames, max_tracks=int(max_tracks), fps=fps)
     ts = TrackSet(ts.width, ts.height, cur.frames, cur.fps, [Track(t.points, t.name) for t in ts.tracks])
     return rescale(ts, cur.width, cur.height).to_json(indent=None)
@@ -172,9 +193,12 @@ def lora_choices(models_dir) -> list[str]:
 
 
 def build_request(value: str | None, lora: str | None, image: str | None, prompt: str, width, height, frames, fps,
-                  strength, seed, model: str, out_dir: Path):
-    """Render the control video (BGR, at the target size and length, as the LoRA was trained) and build the
-    'generate' request: first-frame image + the Motion-Track IC-LoRA (its D comes from the file's metadata)."""
+                  strength, seed, model: str, control: str | None = None):
+    """The 'generate' request: first-frame image + the Motion-Track IC-LoRA (its D comes from the file's
+    metadata) + the control video rendered from the tracks (BGR, at the target size and length, as the LoRA
+    was trained: ``render_control``). With ``control`` None the request is checked with an empty control path,
+    so a bad request is refused before anything is rendered."""
+    from pipelines.limits import active
     from pipelines.requests import ControlInput, ControlKind, GenerateRequest, LoraSpec, Schedule
 
     ts = parse_value(value)
@@ -188,11 +212,20 @@ def build_request(value: str | None, lora: str | None, image: str | None, prompt
     req = GenerateRequest(
         prompt=prompt, model=model, width=w, height=h, frames=n, fps=float(fps), seed=int(seed),
         schedule=Schedule.DISTILLED, image=image or None,
-        controls=[ControlInput(path="", strength=float(strength), kind=ControlKind.MOTION_TRACK)],
-        loras=[LoraSpec(path=str(lora), weight=1.0)]).validate()  # check sizes before rendering
-    control = write_track_video(ts, Path(out_dir) / f"control-{time.time_ns()}.mp4", w, h, n, float(fps))
-    req.controls[0].path = str(control)
+        controls=[ControlInput(path=str(control or ""), strength=float(strength), kind=ControlKind.MOTION_TRACK)],
+        loras=[LoraSpec(path=str(lora), weight=1.0)]).validate()
+    active().check_generate(req.to_dict())  # the size limits, before anything is rendered
     return req
+
+
+def render_control(ctx, owner: str, value: str | None, width, height, frames, fps) -> str:
+    """The tracks rendered as the Motion-Track control video by a light job (never in the request thread);
+    its path."""
+    from studio.kinds.tracks import render_now, save_track_value
+
+    path = save_track_value(ctx, owner, value or "")
+    return render_now(ctx, owner, {"tracks": path, "width": int(width), "height": int(height),
+                                   "frames": int(frames), "fps": float(fps)})
 
 
 # ------------------------------------------------------------------------------------------------ the tab ---
@@ -283,6 +316,9 @@ def build(ctx):
     def on_image(path, value, request: gr.Request):
         if not path:
             return gr.HTML(background=""), None, None, ""
+        from pipelines.limits import probe_image_input
+
+        probe_image_input(path, "background image", decode=False)  # its size before it is decoded
         return set_background(read_image(path), value, request)
 
     @guard
@@ -351,14 +387,17 @@ def build(ctx):
     fps.blur(on_timing, [sketcher, frames, fps], sketcher, **priv).then(rerender, sketcher, preview, **prev_kw)
 
     # ---------------------------------------------------------------- generate
-    @guard
+    @guard_gen
     def submit(value, lora, image, prompt, width, height, frames, fps, strength, seed, request: gr.Request):
         models = model_choices(ctx)
         model = ctx.config.model if ctx.config.model in models else models[0]
-        req = build_request(value, lora, image, prompt, width, height, frames, fps, strength, seed, model,
-                            user_dir(request))
-        jid = ctx.submit(ctx.owner(request), "generate", req.to_dict())
-        return jid, progress_html(0, "queued", "queued")
+        args = (value, lora, image, prompt, width, height, frames, fps, strength, seed, model)
+        build_request(*args)  # refused here, before the render, when something is wrong
+        yield gr.skip(), progress_html(0.05, "rendering the track video", "running")
+        owner = ctx.owner(request)
+        control = render_control(ctx, owner, value, width, height, frames, fps)
+        jid = ctx.submit(owner, "generate", build_request(*args, control=control).to_dict())
+        yield jid, progress_html(0, "queued", "queued")
 
     def on_lora_upload(path):
         return gr.Dropdown(choices=sorted(set(lora_choices(ctx.models_dir)) | {path}), value=path)

@@ -237,7 +237,7 @@ def build(ctx):
                       "rank": int(rank_), "alpha": float(rank_), "lr": float(lr_)}
         req = train_request({"preset": pre, "model": model_, "trigger": trig or None, "overrides": overrides_,
                              "reference_overrides": dict(ov or {})}, path)
-        jid = ctx.jobs.submit(ctx.owner(request), "train", req)
+        jid = ctx.submit(ctx.owner(request), "train", req)
         return jid, progress_html(0, "queued", "queued"), None
 
     start.click(guard(do_start), [data, overrides, trigger, preset, model, steps, every, rank, lr],

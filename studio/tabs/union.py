@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -19,8 +18,9 @@ import numpy as np
 from pipelines.errors import UserError
 from pipelines.requests import ControlInput, ControlKind, GenerateRequest, LoraSpec, MemoryTier, Schedule
 from pipelines.video_io import IMAGE_EXTS
+from studio.kinds import wait_job
 from studio.kinds.preprocess import submit_preprocess
-from studio.ui import guard, progress_html
+from studio.ui import guard, guard_gen, progress_html
 
 TITLE = "Union control"
 KINDS = ["canny", "depth", "pose", "passthrough"]
@@ -115,22 +115,6 @@ def scrub_frames(result: dict | None, index) -> tuple:
 
 # ---------------------------------------------------------------------------------------------- handlers
 
-def wait_job(ctx, job_id: str, owner: str, timeout: float = 600.0):
-    """Yield the job while it runs (about 3 times a second), then the finished job. UserError if it failed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        job = ctx.jobs.get(job_id, owner)
-        if job.status.terminal:
-            if job.status.value != "done":
-                raise UserError(job.error or f"preprocessing {job.status.value}")
-            yield job
-            return
-        if time.monotonic() > deadline:
-            raise UserError("preprocessing is taking long; it keeps running, press 'Make control' again later")
-        yield job
-        time.sleep(0.3)
-
-
 def build_request(ctx, *, prompt, negative, control_path, control_kind, control_strength, ic_choice, ic_upload,
                   ic_strength, lora_table, attention, use_mask, mask_path, image, image_strength, model, schedule,
                   steps, cfg, stages, tier, seed, width, height, frames, fps) -> GenerateRequest:
@@ -153,23 +137,6 @@ def build_request(ctx, *, prompt, negative, control_path, control_kind, control_
                                kind=ControlKind(kind) if kind else None)],
         mask=(mask_path if use_mask and mask_path else None), attention_strength=float(attention), loras=loras,
     ).validate()
-
-
-def guard_gen(fn):
-    """studio.ui.guard for generator handlers: errors raised while iterating become gr.Error too (guard only
-    sees the call, which for a generator does nothing). Gradio must still see a generator function."""
-    import functools
-
-    end = object()
-    step = guard(lambda gen: next(gen, end))
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        gen = fn(*args, **kwargs)
-        while (item := step(gen)) is not end:
-            yield item
-
-    return wrapper
 
 
 def _mask_text(mask_path) -> str:
