@@ -448,33 +448,127 @@ def _coverage_lines(cov: dict) -> list[str]:
 # --------------------------------------------------------------------------------------------- scanning
 
 
+def _zip_entry_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why an entry must not be extracted (a link, or a name that leaves the folder), else None."""
+    name = info.filename
+    mode = (info.external_attr >> 16) & 0o170000
+    if mode == 0o120000:
+        return "is a symbolic link"
+    if mode not in (0, 0o100000, 0o040000):
+        return "is not a regular file"
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts or "\x00" in name:
+        return "points outside the folder it is extracted to"
+    return None
+
+
+def check_zip(path: str | os.PathLike, limits=None) -> list[zipfile.ZipInfo]:
+    """Read a dataset zip's directory (no data) and refuse it when extracting it would be unsafe or too big:
+    more entries than ``zip_max_entries``, more uncompressed bytes than ``zip_max_bytes``, a compression ratio
+    over ``zip_max_ratio`` (a zip bomb), a symbolic link, or a name that leaves the extraction folder.
+    Returns the entries to extract (folders, ``__MACOSX`` and hidden files left out)."""
+    from pipelines.limits import active
+
+    lim = limits or active()
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"{path.name} is not a readable zip file ({exc})") from None
+    lim.check_count(path.name, len(infos), "zip_max_entries", "entries in the zip")
+    total = packed = 0
+    keep = []
+    for info in infos:
+        why = _zip_entry_problem(info)
+        if why:
+            raise UserError(f"{path.name}: the entry {info.filename!r} {why}; the zip is refused (make it again "
+                            "from plain files in one folder)")
+        parts = Path(info.filename).parts
+        if info.is_dir() or not parts or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
+            continue
+        total += info.file_size
+        packed += info.compress_size
+        if info.file_size > (1 << 20) and info.file_size > lim.zip_max_ratio * max(info.compress_size, 1):
+            raise lim._over(path.name, f"the entry {info.filename!r} expands {info.file_size / max(info.compress_size, 1):,.0f} "
+                                       f"times (over {lim.zip_max_ratio:g}); it looks like a zip bomb", "zip_max_ratio")
+        keep.append(info)
+    if total > lim.zip_max_bytes:
+        from pipelines.limits import _bytes
+
+        raise lim._over(path.name, f"it expands to {_bytes(total)}, over the limit of {_bytes(lim.zip_max_bytes)}",
+                        "zip_max_bytes")
+    if total > (1 << 20) and total > lim.zip_max_ratio * max(packed, 1):
+        raise lim._over(path.name, f"it expands {total / max(packed, 1):,.0f} times (over {lim.zip_max_ratio:g}); "
+                                   "it looks like a zip bomb", "zip_max_ratio")
+    return keep
+
+
+def extract_zip(path: str | os.PathLike, dest: str | os.PathLike, limits=None) -> Path:
+    """Extract a dataset zip into ``dest`` after ``check_zip``; every entry is written no longer than its
+    directory says (a zip that lies about its sizes is stopped there) and the total is counted as it is
+    written. On any failure the files written so far are removed again."""
+    from pipelines.limits import active
+
+    lim = limits or active()
+    path = Path(path)
+    keep = check_zip(path, lim)
+    root = Path(dest)
+    root.mkdir(parents=True, exist_ok=True)
+    root = root.resolve()
+    written: list[Path] = []
+    budget = lim.zip_max_bytes
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in keep:
+                target = (root / info.filename).resolve()
+                if root not in target.parents:  # defence in depth: check_zip refused such names already
+                    raise UserError(f"{path.name}: the entry {info.filename!r} points outside the folder")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                left = info.file_size
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    written.append(target)
+                    while True:
+                        chunk = src.read(min(1 << 20, left + 1))
+                        if not chunk:
+                            break
+                        left -= len(chunk)
+                        budget -= len(chunk)
+                        if left < 0 or budget < 0:
+                            raise UserError(f"{path.name}: {info.filename!r} holds more data than its directory "
+                                            "says; the zip is refused")
+                        dst.write(chunk)
+    except BaseException as exc:
+        for f in written:
+            f.unlink(missing_ok=True)
+        if isinstance(exc, zipfile.BadZipFile):
+            raise UserError(f"{path.name} is damaged ({exc})") from None
+        if isinstance(exc, OSError):
+            from pipelines.errors import os_error_message
+
+            raise UserError(f"cannot extract {path.name}: {os_error_message(exc, root)}") from None
+        raise
+    return root
+
+
 def _open_source(path: Path, extract_dir: str | os.PathLike | None) -> Path:
-    """The folder to scan: `path` itself, or a safe extraction of the zip."""
+    """The folder to scan: `path` itself, or a checked extraction of the zip (into ``extract_dir``; without it
+    a new temporary folder the caller must remove: ``report.root``)."""
     if not path.exists():
         raise UserError(f"dataset not found: {path} (give a folder of clips or a .zip)")
     if path.is_dir():
         return path
     if path.suffix.lower() != ".zip":
         raise UserError(f"{path.name} is neither a folder nor a .zip of clips")
+    check_zip(path)  # refused before any folder is made
+    made = extract_dir is None
+    dest = Path(tempfile.mkdtemp(prefix="iclora_dataset_")) if made else Path(extract_dir)
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise UserError(f"{path.name} is not a readable zip file ({exc})") from None
-    dest = Path(extract_dir) if extract_dir else Path(tempfile.mkdtemp(prefix="iclora_dataset_"))
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
-    with zf:
-        for member in zf.infolist():
-            parts = Path(member.filename).parts
-            if member.is_dir() or not parts or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
-                continue
-            target = (root / member.filename).resolve()
-            if root not in target.parents:  # "../x" or an absolute name: never write outside the folder
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(member) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-    return root
+        return extract_zip(path, dest)
+    except BaseException:
+        if made:
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
 
 
 def _list_files(root: Path) -> list[Path]:

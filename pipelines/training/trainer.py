@@ -301,16 +301,36 @@ class Trainer:
         return self.run_dir / "checkpoints" / f"step_{step:05d}"
 
     def save_checkpoint(self, step: int) -> Path:
-        import torch
-
-        from pipelines.training.export import export_lora
-
         final = self.ckpt_dir(step)
         if not self.is_main:
             return final
         tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        try:
+            self._fill_checkpoint(tmp, step)
+            # swap in whole: the old folder is moved aside first (a kill between the two renames leaves
+            # the previous checkpoints intact and only hidden leftovers, removed at the next start)
+            old = None
+            if final.exists():
+                old = final.with_name(f".{final.name}.old{os.getpid()}")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+            os.replace(tmp, final)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half checkpoint behind
+            raise
+        if self.cb.on_checkpoint:
+            self.cb.on_checkpoint(step, final)
+        return final
+
+    def _fill_checkpoint(self, tmp: Path, step: int) -> None:
+        import torch
+
+        from pipelines.training.export import export_lora
+
         state = {
             "step": step, "data_position": step, "adapter": {n: p.detach().cpu().clone() for n, p in self.params},
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
@@ -321,12 +341,32 @@ class Trainer:
         torch.save(state, tmp / "state.pt")
         export_lora(self.transformer, tmp / "lora.safetensors", self.recipe, steps=step, base_model=self.base_model,
                     trigger=self.trigger)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if self.cb.on_checkpoint:
-            self.cb.on_checkpoint(step, final)
-        return final
+
+    def clean_stale(self) -> list[Path]:
+        """Remove what a killed run left half-written: hidden checkpoint folders (``.step_N.tmpPID`` being
+        filled, ``.step_N.oldPID`` being replaced) and the final export's temp file. Finished checkpoints are
+        never touched; the run then resumes from the last one that has its state."""
+        if not self.is_main:
+            return []
+        removed = []
+        ckdir = self.run_dir / "checkpoints"
+        for p in ckdir.glob(".step_*.old*"):  # killed between the two renames: the old one goes back
+            final = ckdir / p.name[1:].split(".old")[0]
+            if not final.exists() and (p / "state.pt").exists():
+                os.replace(p, final)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+        for p in ckdir.glob(".step_*.tmp*"):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+        for p in self.run_dir.glob(".lora.safetensors.tmp*"):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+        if removed:
+            log.warning("removed %d half-written file(s) of an earlier, interrupted run: %s", len(removed),
+                        ", ".join(p.name for p in removed))
+        return removed
 
     def latest_checkpoint(self) -> Path | None:
         found = sorted(p for p in (self.run_dir / "checkpoints").glob("step_*")
@@ -436,6 +476,7 @@ class Trainer:
 
         r = self.recipe
         total = int(total_steps or r.steps)
+        self.clean_stale()
         self.setup(total)
         start = 0
         loss_log = self.run_dir / "loss.jsonl"
@@ -556,20 +597,43 @@ def _main_process_first():
     return PartialState(cpu=not torch.cuda.is_available()).main_process_first()
 
 
+def extract_dir_name() -> str:
+    """The run-folder subfolder a dataset zip is extracted to (one per rank under torchrun / accelerate)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return ".dataset" if world <= 1 else f".dataset-rank{int(os.environ.get('RANK', '0'))}"
+
+
 def run_training(req, loaded=None, callbacks: TrainCallbacks | None = None,
                  on_status: Callable[[str], None] | None = None) -> TrainResult:
     """TrainRequest -> dataset report -> references -> cache -> train -> final export in RUN_DIR."""
+    from pipelines.limits import active
+
+    req = req.validate()
+    recipe = req.recipe()
+    active().check_train(recipe)  # buckets, validation size and steps within the limits, before any work
+    say = on_status or (lambda msg: log.info(msg))
+    run = Path(req.out).expanduser()
+    run.mkdir(parents=True, exist_ok=True)
+    # a zip is extracted inside the run folder for this run only: removed when the run ends, fails or is
+    # stopped, and a copy a killed run left behind is removed first (a resume extracts it again)
+    extract = run / extract_dir_name() if Path(req.data).suffix.lower() == ".zip" else None
+    if extract is not None:
+        shutil.rmtree(extract, ignore_errors=True)
+    try:
+        return _run_training(req, recipe, run, extract, loaded, callbacks, say)
+    finally:
+        if extract is not None:
+            shutil.rmtree(extract, ignore_errors=True)
+
+
+def _run_training(req, recipe, run: Path, extract: Path | None, loaded, callbacks, say) -> TrainResult:
     from pipelines.training.cache import free_encoders, load_encoders, preprocess
     from pipelines.training.dataset import scan_dataset
     from pipelines.training.references import assign_references
 
-    req = req.validate()
-    recipe = req.recipe()
-    say = on_status or (lambda msg: log.info(msg))
-    run = Path(req.out).expanduser()
-    run.mkdir(parents=True, exist_ok=True)
     report = scan_dataset(req.data, trigger=req.trigger, bucket_multiple=recipe.bucket_multiple,
-                          max_frames=recipe.max_frames, target_area=recipe.target_area, face_detector=None)
+                          max_frames=recipe.max_frames, target_area=recipe.target_area, face_detector=None,
+                          extract_dir=extract)
     if not report.ok:
         raise UserError("the dataset cannot be trained: " + "; ".join(report.errors))
     say(f"dataset: {len(report.clips)} clip(s); buckets: {', '.join(report.buckets)}")
