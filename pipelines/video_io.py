@@ -360,7 +360,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, comment
     """Encode uint8 [T,H,W,3] RGB frames as h264 yuv420p mp4 (BT.709, +faststart), atomically.
 
     H and W must be even (yuv420p halves chroma). ``comment`` goes into the container's 'comment' tag (the
-    studio stores the request JSON there). The file appears complete or not at all.
+    studio stores the request JSON there); it reaches ffmpeg as an FFMETADATA file, never on its command line,
+    so any size works. The file appears complete or not at all.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
@@ -378,20 +379,30 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, comment
     fmt = _VIDEO_SUFFIX_FORMAT.get(out.suffix.lower())
     if fmt is None:
         raise UserError(f"cannot write {out}: use a .mp4 (or .mov) file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=f".partial{out.suffix}", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=f".partial{out.suffix}", dir=out.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        meta = _metadata_file(out.parent, out.stem, comment) if comment else None
+    except OSError as exc:  # a read-only, missing or full output folder, said plainly
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        from pipelines.errors import os_error_message
+
+        raise UserError(f"cannot write {out.name}: {os_error_message(exc, out.parent)}") from None
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y",
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{rate.numerator}/{rate.denominator}",
-           "-i", "-", "-an",
+           "-i", "-"]
+    if meta is not None:
+        cmd += ["-f", "ffmetadata", "-i", str(meta), "-map", "0:v", "-map_metadata", "1"]
+    cmd += ["-an",
            "-vf", "scale=out_color_matrix=bt709:out_range=tv",
            "-c:v", "libx264", "-preset", preset, "-crf", str(int(crf)), "-pix_fmt", "yuv420p",
            "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv",
            "-movflags", "+faststart"]
-    if comment:
-        cmd += ["-metadata", f"comment={comment}"]
     cmd += ["-f", fmt, str(tmp)]
     ok = False
     try:
@@ -423,12 +434,29 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, comment
         os.replace(tmp, out)
         ok = True
     finally:
+        if meta is not None:
+            meta.unlink(missing_ok=True)
         if not ok:
             try:
                 tmp.unlink()
             except FileNotFoundError:
                 pass
     return out
+
+
+def _metadata_file(folder: Path, stem: str, comment: str) -> Path:
+    """An FFMETADATA file holding the comment ('=', ';', '#', '\\' and newlines backslash-escaped)."""
+    escaped = re.sub(r"([=;#\\\n\r])", r"\\\1", comment)
+    fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".ffmeta", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            # no newline after the value: ffmpeg's reader takes a newline after ANY backslash (even an escaped
+            # one) as a continuation, so a comment ending in a backslash would gain a newline
+            fh.write(";FFMETADATA1\ncomment=" + escaped)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
 
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # a control/reference given as a still image

@@ -401,3 +401,15 @@ def test_cli_bad_file_is_one_error_line_and_exit_2(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
         assert "Traceback" not in res.stderr
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_metadata_of_any_size_goes_in_without_a_command_line(tmp_path):
+    """A 1 MB prompt or 1000 controls in the sidecar JSON: the comment reaches ffmpeg as an FFMETADATA file
+    (on ffmpeg's argv one argument may hold 128 KB: "Argument list too long" after the whole render), and reads
+    back exactly, escapes, newlines and a trailing backslash included."""
+    frames = np.zeros((2, 32, 32, 3), np.uint8)
+    request = {"prompt": "é=;#\\\n" + "p" * 1_000_000, "controls": [{"path": f"/c/{i}.mp4"} for i in range(1000)]}
+    for comment in (json.dumps(request), "ends in a backslash \\", "a\r\nb=c;d#e\\\\\n"):
+        out = vio.write_video(tmp_path / "meta.mp4", frames, 24.0, comment=comment)
+        assert vio.read_comment(out) == comment
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.mp4"]  # no metadata or partial file left
