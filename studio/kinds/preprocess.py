@@ -22,6 +22,7 @@ def run_preprocess_job(request: dict, jobctx, models_dir=None) -> dict:
     from pipelines.control import run_control, save_control, spec_for
     from pipelines.control.types import ControlKind as CK
     from pipelines.control.types import resolve_options
+    from pipelines.masks import save_npy
     from pipelines.video_io import ConformTarget, conform_file, write_video
 
     kind = CK.parse(request["kind"])
@@ -44,8 +45,8 @@ def run_preprocess_job(request: dict, jobctx, models_dir=None) -> dict:
     report.notes = list(conform_rep.changes) + [n for n in report.notes if n not in conform_rep.changes]
     report.conform = conform_rep.to_dict()
     control_mp4 = save_control(out / f"control-{kind.value}.mp4", control, report)
-    np.save(out / "scrub-input.npy", thumbs(frames))
-    np.save(out / "scrub-control.npy", thumbs(control))
+    save_npy(thumbs(frames), out / "scrub-input.npy")  # whole or not at all, like every output
+    save_npy(thumbs(control), out / "scrub-control.npy")
     jobctx.add_output(control_mp4)
     jobctx.progress(1.0, "control ready")
     return {"control": str(control_mp4), "input": str(input_mp4), "frames": int(control.shape[0]),
