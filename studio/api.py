@@ -73,6 +73,7 @@ def install_api(ctx) -> None:
     def generate(request: dict, req: gr.Request) -> str:
         """Submit a generation (a GenerateRequest dict); returns the job id."""
         owner = ctx.owner(req)
+        ctx.limits.check_generate(request)  # sizes and counts first: 1000 controls are refused before any path
         body = GenerateRequest.from_dict(check_request_paths(request, checker_for(ctx, owner))).validate()
         return ctx.submit(owner, "generate", body.to_dict())
 
