@@ -87,6 +87,10 @@ class Engine:
         self._controls: "OrderedDict[tuple, tuple[np.ndarray, str | None]]" = OrderedDict()
         self._prompts: OrderedDict = OrderedDict()
         _isolate_video_from_audio(loaded.pipe.transformer)
+        if loaded.bias_state is None:  # the sampler installs its attention processor; the loader knows nothing of it
+            from pipelines.sampler.attention import install_reference_bias
+
+            loaded.bias_state = install_reference_bias(loaded.pipe.transformer)
 
     # ---- LoRAs ----
     def _module_names(self) -> set[str]:

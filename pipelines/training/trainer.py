@@ -233,6 +233,10 @@ class Trainer:
         self.cb = callbacks or TrainCallbacks()
         self.with_reference = with_reference  # False only for benchmarks (the cost of the reference tokens)
         self.transformer = loaded.pipe.transformer
+        if loaded.bias_state is None:  # the same attention processor generation uses (validation samples)
+            from pipelines.sampler.attention import install_reference_bias
+
+            loaded.bias_state = install_reference_bias(loaded.pipe.transformer)
         self.device = loaded.device
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.acc = None
