@@ -3,8 +3,12 @@ to them; nothing reads a global "current model".
 
 - tiny: built from code and a seed (pipelines.models.tiny), float32 on CPU or bf16 on GPU.
 - diffusers folder: LTX2InContextPipeline.from_pretrained(folder, local_files_only=True).
-- official single file: transformer and video VAE from the checkpoint through diffusers' converters plus the two
-  LTX-2.3 fixes diffusers 0.42.1 misses (SPEC.md 5), everything else from the config folder, always offline.
+- official single file: every component (transformer, video VAE, audio VAE, vocoder, text connectors) from the
+  one checkpoint and the config in its metadata (pipelines.models.official), the Gemma 3 text encoder from its
+  folder; always offline.
+
+The model layer knows nothing of the sampler: whoever runs a model installs what it needs on it (the engine and
+the trainer install the reference-bias attention processor, pipelines.sampler.attention).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ class LoadedModel:
     tier: MemoryTier
     max_sequence_length: int
     upsampler: object | None = None
-    bias_state: object | None = None  # ReferenceBiasState installed on the transformer
+    bias_state: object | None = None  # set by the sampler when it installs its attention processor
     extras: dict = field(default_factory=dict)
 
     @property
@@ -36,39 +40,8 @@ class LoadedModel:
         return self.spec.is_tiny
 
 
-# -- the two LTX-2.3 key fixes (pure functions over state-dict keys, unit-tested) --
-
-def fix_transformer_keys(state: dict) -> dict:
-    """diffusers' converter leaves LTX-2.3's prompt_adaln_single keys unrenamed; the model calls them prompt_adaln."""
-    out = {}
-    for k, v in state.items():
-        k = k.replace("audio_prompt_adaln_single.", "audio_prompt_adaln.").replace("prompt_adaln_single.", "prompt_adaln.")
-        out[k] = v
-    return out
-
-
-_VAE_PLACEHOLDERS = {"decoder.up_blocks.7.": "decoder.@UP7@.", "decoder.up_blocks.8.": "decoder.@UP8@."}
-_VAE_FINAL = {"decoder.@UP7@.": "decoder.up_blocks.3.upsamplers.0.", "decoder.@UP8@.": "decoder.up_blocks.3."}
-
-
-def protect_vae_keys(state: dict) -> dict:
-    """Before diffusers' VAE converter: hide LTX-2.3's extra decoder blocks 7/8 from its sequential renames."""
-    out = {}
-    for k, v in state.items():
-        for a, b in _VAE_PLACEHOLDERS.items():
-            k = k.replace(a, b)
-        out[k] = v
-    return out
-
-
-def finish_vae_keys(state: dict) -> dict:
-    """After the converter: official decoder up_blocks.7 / 8 -> diffusers up_blocks.3.upsamplers.0 / up_blocks.3."""
-    out = {}
-    for k, v in state.items():
-        for a, b in _VAE_FINAL.items():
-            k = k.replace(a, b)
-        out[k] = v
-    return out
+# The LTX-2.3 key fixes live with the rest of the official-format mapping (pipelines.models.official).
+from pipelines.models.official import finish_vae_keys, fix_transformer_keys, protect_vae_keys  # noqa: E402,F401
 
 
 def _device_and_dtype(tiny: bool):
@@ -79,7 +52,7 @@ def _device_and_dtype(tiny: bool):
     return "cpu", (torch.float32 if tiny else torch.bfloat16)
 
 
-def _build_tiny(spec: ModelSpec):
+def _build_tiny(spec: ModelSpec, dtype):
     from diffusers import LTX2InContextPipeline
 
     from pipelines.models.tiny import TINY_MAX_SEQUENCE_LENGTH, build_tiny_components, build_tiny_upsampler
@@ -88,67 +61,130 @@ def _build_tiny(spec: ModelSpec):
     return pipe, build_tiny_upsampler(seed=0), TINY_MAX_SEQUENCE_LENGTH
 
 
-def _build_diffusers(spec: ModelSpec):
-    import torch
+def _build_diffusers(spec: ModelSpec, dtype):
     from diffusers import LTX2InContextPipeline
 
     try:
-        pipe = LTX2InContextPipeline.from_pretrained(spec.path, dtype=torch.bfloat16, local_files_only=True)
+        pipe = LTX2InContextPipeline.from_pretrained(spec.path, dtype=dtype, local_files_only=True)
     except Exception as exc:
         raise UserError(f"could not load the diffusers folder {spec.path}: {exc}") from None
     return pipe, _load_upsampler(spec), 1024
 
 
-def _build_single_file(spec: ModelSpec):
-    import torch
-    from diffusers import AutoencoderKLLTX2Video, LTX2InContextPipeline, LTX2VideoTransformer3DModel
-    from diffusers.loaders.single_file_utils import convert_ltx2_transformer_to_diffusers, convert_ltx2_vae_to_diffusers
-    from safetensors.torch import load_file
+def _empty_model(cls, config: dict):
+    """A diffusers model with its parameters on the meta device (no 88 GB of random fp32 init for a 22B model);
+    buffers computed at construction (filters, RoPE tables) stay real. load_into(..., assign=True) fills the rest."""
+    from accelerate import init_empty_weights
 
-    comps = {c.name: c.path for c in spec.components}
-    cfg = comps["config"]
-    try:
-        ckpt = load_file(spec.path)
-    except Exception as exc:
-        raise UserError(f"could not read {spec.path}: {exc}") from None
-    tr_sd = {k: v for k, v in ckpt.items() if k.startswith("model.diffusion_model.")}
-    vae_sd = {k: v for k, v in ckpt.items() if k.startswith("vae.")}
-    if not tr_sd or not vae_sd:
-        raise UserError(f"{spec.path} does not look like an official LTX-2.3 checkpoint (no model.diffusion_model.* "
-                        "or vae.* keys)")
-    tr_sd = fix_transformer_keys(convert_ltx2_transformer_to_diffusers(tr_sd))
-    vae_sd = finish_vae_keys(convert_ltx2_vae_to_diffusers(protect_vae_keys(vae_sd)))
-    transformer = LTX2VideoTransformer3DModel.from_config(
-        LTX2VideoTransformer3DModel.load_config(cfg, subfolder="transformer", local_files_only=True))
-    missing, unexpected = transformer.load_state_dict(tr_sd, strict=False, assign=True)
-    if missing:
-        raise UserError(f"{spec.path}: transformer weights missing for {len(missing)} keys, e.g. {missing[0]}")
-    vae = AutoencoderKLLTX2Video.from_config(AutoencoderKLLTX2Video.load_config(cfg, subfolder="vae", local_files_only=True))
-    missing_v, _ = vae.load_state_dict(vae_sd, strict=False, assign=True)
-    if missing_v:
-        raise UserError(f"{spec.path}: VAE weights missing for {len(missing_v)} keys, e.g. {missing_v[0]}")
-    gemma = comps.get("text_encoder")
+    with init_empty_weights(include_buffers=False):
+        return cls.from_config(config)
+
+
+def _cast(model, dtype):
+    """To `dtype` only when needed (a bf16 file for a bf16 run is not copied)."""
+    if any(p.dtype != dtype for p in model.parameters() if p.is_floating_point()):
+        model.to(dtype)
+    return model
+
+
+def load_text_encoder(folder: str, dtype):
+    """Gemma 3 text encoder + tokenizer from a local folder (the only component outside the checkpoint)."""
     from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
 
-    text_encoder = Gemma3ForConditionalGeneration.from_pretrained(gemma, dtype=torch.bfloat16, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(gemma, local_files_only=True)
-    pipe = LTX2InContextPipeline.from_pretrained(
-        cfg, transformer=transformer.to(torch.bfloat16), vae=vae.to(torch.bfloat16), text_encoder=text_encoder,
-        tokenizer=tokenizer, dtype=torch.bfloat16, local_files_only=True)
+    try:
+        text_encoder = Gemma3ForConditionalGeneration.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001  a half-downloaded or foreign folder
+        raise UserError(f"could not load the Gemma 3 text encoder from {folder}: {exc}") from None
+    return text_encoder.eval(), tokenizer
+
+
+def build_official_pipeline(checkpoint: str, gemma_folder: str, dtype):
+    """An LTX2InContextPipeline from one official LTX-2.3 checkpoint + the Gemma folder, configs derived from the
+    checkpoint's metadata (no config folder). fp8 checkpoints are dequantised to `dtype`."""
+    from diffusers import (AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler,
+                           LTX2InContextPipeline, LTX2VideoTransformer3DModel)
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2VocoderWithBWE
+    from safetensors.torch import load_file
+
+    from pipelines.models import official as off
+
+    config, _meta = off.read_metadata(checkpoint)
+    try:
+        sd = load_file(checkpoint)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"could not read {checkpoint}: {exc} (is the download complete?)") from None
+    sd = off.dequantize_fp8(sd, dtype)
+    groups = off.split_state_dict(sd)
+    del sd
+    for part in ("transformer", "connectors", "vae", "audio_vae", "vocoder"):
+        if not groups[part]:
+            raise UserError(f"{checkpoint} has no {part} weights: it is not a complete official LTX-2.3 checkpoint")
+    if groups["unknown"]:
+        log.warning("%s: %d keys of no known component ignored, e.g. %s", checkpoint, len(groups["unknown"]),
+                    next(iter(groups["unknown"])))
+    text_encoder, tokenizer = load_text_encoder(gemma_folder, dtype)
+    caption_channels = text_encoder.config.text_config.hidden_size
+    text_in = off.text_projection_in_features(groups["connectors"])
+    parts = {
+        "transformer": (LTX2VideoTransformer3DModel, off.transformer_config(config),
+                        off.convert_transformer(groups.pop("transformer"))),
+        "connectors": (LTX2TextConnectors, off.connectors_config(config, text_in, caption_channels),
+                       off.convert_connectors(groups.pop("connectors"))),
+        "vae": (AutoencoderKLLTX2Video, off.video_vae_config(config), off.convert_video_vae(groups.pop("vae"))),
+        "audio_vae": (AutoencoderKLLTX2Audio, off.audio_vae_config(config),
+                      off.convert_audio_vae(groups.pop("audio_vae"))),
+        "vocoder": (LTX2VocoderWithBWE, off.vocoder_config(config), off.convert_vocoder(groups.pop("vocoder"))),
+    }
+    models = {}
+    for name, (cls, cfg, state) in parts.items():
+        model = _empty_model(cls, cfg)
+        off.load_into(model, state, name, checkpoint)
+        models[name] = _cast(model, dtype).eval()
+    pipe = LTX2InContextPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**off.scheduler_config()),
+                                 text_encoder=text_encoder, tokenizer=tokenizer, **models)
+    return pipe
+
+
+def _build_single_file(spec: ModelSpec, dtype):
+    gemma = spec.component("text_encoder").path
+    pipe = build_official_pipeline(spec.path, gemma, dtype)
     return pipe, _load_upsampler(spec), 1024
 
 
+def load_official_upsampler(path: str):
+    """A latent upsampler from an official file (ltx-2.3-spatial-upscaler-*.safetensors): its config is in the
+    metadata, its keys are diffusers' names already (diffusers 0.42.1 has no single-file loader for it)."""
+    import json
+
+    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from pipelines.models import official as off
+
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+    if "config" not in meta:
+        raise UserError(f"{path} has no config in its metadata: not an official LTX-2.3 upsampler")
+    model = _empty_model(LTX2LatentUpsamplerModel, off.upsampler_config(json.loads(meta["config"])))
+    off.load_into(model, load_file(path), "upsampler", path)
+    return model.eval()
+
+
 def _load_upsampler(spec: ModelSpec):
-    path = next((c.path for c in spec.components if c.name == "upsampler"), None)
+    comp = spec.component("upsampler")
+    path = comp.path if comp else None
     if not path:
         return None
     from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 
     try:
         if path.endswith(".safetensors"):
-            return LTX2LatentUpsamplerModel.from_single_file(path, local_files_only=True)
+            return load_official_upsampler(path)
         return LTX2LatentUpsamplerModel.from_pretrained(path, local_files_only=True)
-    except Exception as exc:  # an optional component: two-stage runs will say it is missing
+    except Exception as exc:  # noqa: BLE001  an optional component: two-stage runs will say it is missing
         log.warning("could not load the latent upsampler %s: %s", path, exc)
         return None
 
@@ -197,19 +233,23 @@ def park_text_encoder(pipe, device: str) -> bool:
 
 
 class ModelCache:
-    """Loaded models keyed by (spec name, tier). Loading is serialised; one heavy model at a time on a GPU."""
+    """Loaded models keyed by (spec name, tier). Loading is serialised; one heavy model at a time on a GPU.
 
-    def __init__(self, max_models: int = 1):
+    `dtype` overrides the compute dtype (tests load the tiny official checkpoint in float32 to compare it with
+    Lightricks' code; real models on a CPU would not fit in float32)."""
+
+    def __init__(self, max_models: int = 1, dtype=None):
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self.max_models = max_models
+        self.dtype = dtype
 
     def get(self, spec: ModelSpec, tier: MemoryTier = MemoryTier.AUTO) -> LoadedModel:
         from pipelines.models.memory import choose_tier
-        from pipelines.sampler.attention import install_reference_bias
 
         with self._lock:
             device, dtype = _device_and_dtype(spec.is_tiny)
+            dtype = self.dtype or dtype
             if tier == MemoryTier.AUTO:
                 tier = choose_tier(spec, device)
             key = (spec.name, tier.value)
@@ -219,18 +259,17 @@ class ModelCache:
                 self._models.pop(next(iter(self._models)))
                 _empty_cache()
             if spec.kind == ModelKind.TINY:
-                pipe, upsampler, max_len = _build_tiny(spec)
+                pipe, upsampler, max_len = _build_tiny(spec, dtype)
             elif spec.kind == ModelKind.DIFFUSERS:
-                pipe, upsampler, max_len = _build_diffusers(spec)
+                pipe, upsampler, max_len = _build_diffusers(spec, dtype)
             else:
-                pipe, upsampler, max_len = _build_single_file(spec)
+                pipe, upsampler, max_len = _build_single_file(spec, dtype)
             pipe.set_progress_bar_config(disable=True)
             tier = apply_tier(pipe, tier, device, dtype)
             if upsampler is not None:
                 upsampler.to(device, dtype)
-            state = install_reference_bias(pipe.transformer)
             loaded = LoadedModel(spec=spec, pipe=pipe, device=device, dtype=dtype, tier=tier,
-                                 max_sequence_length=max_len, upsampler=upsampler, bias_state=state)
+                                 max_sequence_length=max_len, upsampler=upsampler)
             self._models[key] = loaded
             return loaded
 
