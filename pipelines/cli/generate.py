@@ -1,4 +1,4 @@
-"""`python -m pipelines generate | models | lora inspect`: generation and model/LoRA introspection.
+"""`python -m pipelines generate | lora inspect`: generation and LoRA introspection (`models`: cli/models.py).
 
 generate builds a GenerateRequest from the flags (the same request the studio queues) and runs it through
 EngineService; it prints a JSON summary and writes OUT.mp4 plus OUT.json (the request + run metadata).
@@ -37,10 +37,6 @@ def register(subparsers) -> None:
     p.add_argument("--models-dir", default=None)
     p.add_argument("--out", required=True, metavar="OUT.mp4")
     p.set_defaults(handler=_generate)
-
-    m = subparsers.add_parser("models", help="model status table as JSON (tiny + what --models-dir holds)")
-    m.add_argument("--models-dir", default=None)
-    m.set_defaults(handler=_models)
 
     lo = subparsers.add_parser("lora", help="LoRA files")
     sub = lo.add_subparsers(dest="lora_command", metavar="ACTION")
@@ -95,14 +91,6 @@ def _generate(args) -> int:
     print_json({"video": res["video"], "settings": res["settings"], "model": md["model"],
                 "seconds": md["seconds"], "reference_downscale_factor": md["reference_downscale_factor"],
                 "tier": md["tier"], "conform": md["conform"], "notice": md["notice"]})
-    return 0
-
-
-def _models(args) -> int:
-    from pipelines.cli import print_json
-    from pipelines.models.registry import discover
-
-    print_json([s.to_dict() for s in discover(args.models_dir)])
     return 0
 
 
