@@ -1,15 +1,117 @@
-"""Models tab: what is on this machine, per component, and the predicted VRAM of each memory tier."""
+"""Models tab: what is on this machine, per component; the official files and what each is for; getting them
+(a plan first, then a resumable download, as a job); the predicted VRAM of each memory tier.
+
+The download runs as a job ("download", light lane) in a child process (`python -m pipelines models download
+--progress json`): the studio process itself stays offline (HF_HUB_OFFLINE=1), only that child talks to the Hub,
+and cancelling it just stops the child (the partial file stays and the next download continues it). A token
+typed here is handed to that child in memory (never written to the job store).
+"""
 from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import gradio as gr
 
+from pipelines.errors import UserError
 from pipelines.models.memory import estimate
-from pipelines.models.registry import discover
+from pipelines.models.registry import BY_KEY, VARIANTS, catalog_status, discover
 from pipelines.requests import MemoryTier
-from studio.ui import guard
+from studio.ui import guard, progress_html
 
 TITLE = "Models"
+ROOT = Path(__file__).resolve().parents[2]
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_TOKENS: dict[str, str] = {}  # one-time handle -> token, this process only
+_TOKENS_LOCK = threading.Lock()
 
+
+# ---------------------------------------------------------------------------------------------- job function
+
+def keep_token(token: str | None) -> str | None:
+    """Hold a token in memory for one download job; the job request carries only the returned handle."""
+    if not token:
+        return None
+    ref = secrets.token_hex(8)
+    with _TOKENS_LOCK:
+        _TOKENS[ref] = token
+    return ref
+
+
+def run_download_job(request: dict, jobctx, models_dir) -> dict:
+    """Job 'download' (light lane). request: {"variant": "distilled"|"dev"|"fp8"|None, "files": [catalogue keys],
+    "plan_only": bool, "token_ref": handle from keep_token or None}. Runs `python -m pipelines models download`
+    in a child process without the offline switch, relays its JSON progress; returns {"plan": ..., "files": ...}."""
+    if not models_dir:
+        raise UserError("no models folder: start the studio with --models-dir (or ICLORA_MODELS_DIR) to download")
+    with _TOKENS_LOCK:
+        token = _TOKENS.pop(request.get("token_ref") or "", None)
+    cmd = [sys.executable, "-m", "pipelines", "models", "download", "--dir", str(models_dir), "--progress", "json"]
+    if request.get("variant"):
+        cmd += ["--variant", str(request["variant"])]
+    for key in request.get("files") or []:
+        cmd += ["--file", str(key)]
+    if request.get("plan_only"):
+        cmd.append("--plan")
+    env = {k: v for k, v in os.environ.items() if k not in OFFLINE_VARS}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    if token:
+        env["HF_TOKEN"] = token
+    jobctx.progress(0.0, "asking the Hub for the file list")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stop = threading.Event()
+
+    def watch():  # a cancel stops the child at once, even while it waits on the network
+        while not stop.wait(0.3):
+            if jobctx.cancelled and proc.poll() is None:
+                proc.terminate()
+                return
+
+    threading.Thread(target=watch, daemon=True).start()
+    result: dict = {}
+    try:
+        for line in proc.stdout:
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if ev.get("event") == "plan":
+                result["plan"] = {k: v for k, v in ev.items() if k != "event"}
+                n = sum(1 for f in ev["files"] if not f["complete"])
+                jobctx.progress(0.0, f"plan: {n} of {len(ev['files'])} files to get, {ev['needed_bytes'] / 1e9:.1f} GB "
+                                     f"({ev['free_bytes'] / 1e9:.0f} GB free)")
+            elif ev.get("event") == "progress":
+                total = ev["total"] or 1
+                jobctx.progress(min(0.999, ev["done"] / total),
+                                f"{ev['done'] / 1e9:.2f} / {total / 1e9:.2f} GB · {ev['message']}")
+            elif ev.get("event") == "done":
+                result["files"] = ev["files"]
+        err = proc.stderr.read()
+        rc = proc.wait()
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+    jobctx.raise_if_cancelled()
+    if rc != 0:
+        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+        msg = next((ln[len("error: "):] for ln in reversed(lines) if ln.startswith("error: ")), None)
+        raise UserError(msg or f"the download stopped (exit code {rc}): {lines[-1] if lines else 'no message'}")
+    jobctx.progress(1.0, "plan ready" if request.get("plan_only") else "downloaded")
+    return result
+
+
+def register_jobs(ctx) -> None:
+    models_dir = ctx.models_dir
+    ctx.jobs.register("download", lambda req, jc: run_download_job(req, jc, models_dir), lane="light")
+
+
+# ---------------------------------------------------------------------------------------------- tables
 
 def status_rows(models_dir) -> list[list]:
     rows = []
@@ -20,19 +122,100 @@ def status_rows(models_dir) -> list[list]:
     return rows
 
 
+def catalog_rows(models_dir) -> list[list]:
+    return [[f["file"], f["repo"], f["approx_gb"], "here" if f["found"] else "—", f["purpose"]]
+            for f in catalog_status(models_dir)]
+
+
+def plan_rows(plan: dict | None) -> list[list]:
+    if not plan:
+        return []
+    return [[f["repo"], f["file"], round(f["size"] / 1e9, 2), f["dest"],
+             "done" if f["complete"] else (f"{f['present'] / max(f['size'], 1):.0%} there" if f["present"]
+                                           else "to download")] for f in plan["files"]]
+
+
 def tier_table(width: int, height: int, frames: int, refs: int) -> list[list]:
     return [[t.value, round(e.peak_gb, 1), round(e.weights_gb, 1), round(e.activations_gb, 2)]
             for t in MemoryTier if t != MemoryTier.AUTO
             for e in [estimate(t, int(width), int(height), int(frames), refs=int(refs), downscale=1)]]
 
 
+def download_request(variant: str, files: list[str] | None, token: str | None, plan_only: bool) -> dict:
+    if variant not in VARIANTS:
+        raise UserError(f"choose one of {', '.join(VARIANTS)}")
+    extra = [k for k in (files or []) if k in BY_KEY and k not in VARIANTS[variant]]
+    return {"variant": variant, "files": extra, "plan_only": bool(plan_only), "token_ref": keep_token(token)}
+
+
+# ---------------------------------------------------------------------------------------------- layout
+
 def build(ctx):
     models_dir = ctx.models_dir
     gr.Markdown(f"Models folder: `{models_dir or '(none: pass --models-dir or set ICLORA_MODELS_DIR)'}`")
     table = gr.Dataframe(headers=["model", "kind", "status", "component", "expected", "found", "path"],
                          value=status_rows(models_dir), interactive=False, wrap=True, label="Model status")
+    files = gr.Dataframe(headers=["file", "repository", "~GB", "here", "what it is for"],
+                         value=catalog_rows(models_dir), interactive=False, wrap=True,
+                         label="Official LTX-2.3 files (Lightricks' MODELS-LTX-2.3.md)")
     refresh = gr.Button("Rescan models folder", size="sm")
-    refresh.click(guard(lambda: status_rows(models_dir)), outputs=table, api_visibility="private")
+    refresh.click(guard(lambda: (status_rows(models_dir), catalog_rows(models_dir))), outputs=[table, files],
+                  api_visibility="private")
+
+    with gr.Accordion("Get the weights (Hugging Face Hub)", open=not any(f["found"] for f in
+                                                                           catalog_status(models_dir))):
+        gr.Markdown("Downloads go into the models folder and continue where they stopped. The Gemma 3 text encoder "
+                    "is gated on the Hub: accept Google's licence on its page while logged in, then paste a token "
+                    "(read access) here, or set `HF_TOKEN` / run `hf auth login` on the server. "
+                    + ("" if models_dir else "**Start the studio with `--models-dir` to download.**"))
+        with gr.Row():
+            variant = gr.Radio(list(VARIANTS), value="distilled", label="set",
+                               info="; ".join(f"{k}: {', '.join(v)}" for k, v in VARIANTS.items()))
+            extra = gr.CheckboxGroup([k for k in BY_KEY], label="also get", value=[])
+            token = gr.Textbox(label="Hugging Face token (for the gated Gemma repo)", type="password",
+                               placeholder="hf_... (optional when HF_TOKEN or a stored login exists)")
+        with gr.Row():
+            plan_btn = gr.Button("Show plan", size="sm")
+            go = gr.Button("Download", variant="primary", interactive=bool(models_dir))
+            cancel = gr.Button("Cancel", size="sm")
+        plan_table = gr.Dataframe(headers=["repository", "file", "GB", "destination", "status"], value=[],
+                                  interactive=False, wrap=True, label="Plan")
+        progress = gr.HTML(progress_html(0, "no download yet", "idle"), elem_id="download-progress")
+        note = gr.Markdown(elem_id="download-status")
+    job_id = ctx.job_state("download")
+    timer = gr.Timer(1.0)
+
+    def submit(plan_only: bool):
+        def handler(v, x, t, request: gr.Request):
+            jid = ctx.submit(ctx.owner(request), "download", download_request(v, x, t, plan_only))
+            return jid, progress_html(0, "queued", "queued"), ""
+        return guard(handler)
+
+    plan_btn.click(submit(True), [variant, extra, token], [job_id, progress, token], api_visibility="private")
+    go.click(submit(False), [variant, extra, token], [job_id, progress, token], api_visibility="private")
+
+    def view(jid, request: gr.Request):
+        from studio.jobs import JobNotFound
+
+        if not jid:
+            return progress_html(0, "no download yet", "idle"), gr.skip(), ""
+        try:
+            job = ctx.jobs.get(jid, ctx.owner(request))
+        except JobNotFound:
+            return progress_html(0, "job not found", "idle"), gr.skip(), ""
+        plan = (job.result or {}).get("plan")
+        text = f"**{job.status.value}:** {job.error}" if job.error else ""
+        return (progress_html(job.progress, job.message or "", job.status.value),
+                plan_rows(plan) if plan else gr.skip(), text)
+
+    def do_cancel(jid, request: gr.Request):
+        if jid:
+            ctx.jobs.cancel(jid, ctx.owner(request))
+        return view(jid, request)
+
+    timer.tick(guard(view), job_id, [progress, plan_table, note], api_visibility="private", show_progress="hidden")
+    cancel.click(guard(do_cancel), job_id, [progress, plan_table, note], api_visibility="private")
+
     gr.Markdown("### Memory tiers (predicted peak VRAM for real LTX-2.3, 22B)")
     with gr.Row():
         w = gr.Number(768, label="width", precision=0)
