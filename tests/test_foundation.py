@@ -141,3 +141,28 @@ def test_without_a_models_folder_the_official_models_are_listed_as_missing():
     assert "ltx-2.3-22b-dev.safetensors" in [c.expected for c in dev.components]
     with pytest.raises(UserError, match="no models folder.*ltx-2.3-22b-dev.safetensors"):
         get_spec("ltx-2.3-dev", None)
+
+
+def test_the_model_layer_does_not_reach_up_into_the_sampler():
+    """pipelines/models/* import nothing from pipelines.sampler (the engine and trainer install what they need)."""
+    import ast
+
+    for path in (ROOT / "pipelines" / "models").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.startswith("pipelines.sampler") for n in names), path.name
+
+
+def test_loading_leaves_attention_alone_until_the_engine_installs_its_processor():
+    from pipelines.models.loader import ModelCache
+    from pipelines.models.registry import tiny_spec
+    from pipelines.sampler.attention import ReferenceBiasAttnProcessor
+    from pipelines.sampler.engine import Engine
+
+    m = ModelCache().get(tiny_spec())
+    assert m.bias_state is None
+    assert not any(isinstance(b.attn1.processor, ReferenceBiasAttnProcessor) for b in m.pipe.transformer.transformer_blocks)
+    Engine(m)
+    assert m.bias_state is not None
+    assert all(isinstance(b.attn1.processor, ReferenceBiasAttnProcessor) for b in m.pipe.transformer.transformer_blocks)

@@ -225,3 +225,39 @@ def test_official_checkpoint_generates_through_the_engine(official_loaded, tmp_p
                           model="ltx-2.3-distilled")
     frames = Engine(official_loaded).generate(req, write=False, previews=False).frames
     assert frames.shape == (9, 64, 64, 3) and frames.dtype == np.uint8 and frames.std() > 1
+
+
+def test_fp8_checkpoint_is_dequantised_on_load(official_checkpoint, tmp_path):
+    """An fp8 file as Lightricks/LTX-2.3-fp8 ships them (Linear weights float8_e4m3fn + per-tensor weight_scale +
+    input_scale): with only that file present the distilled model resolves to it and loads W = q x weight_scale."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from pipelines.models.loader import ModelCache
+    from pipelines.models.registry import get_spec
+
+    with safe_open(str(official_checkpoint), framework="pt") as f:
+        meta = f.metadata()
+    sd = load_file(str(official_checkpoint))
+    expect = {}
+    for k in [k for k in sd if ".transformer_blocks." in k and k.endswith(("to_q.weight", "ff.net.2.weight"))]:
+        w = sd[k].float()
+        scale = w.abs().max() / 448.0
+        q = (w / scale).to(torch.float8_e4m3fn)
+        sd[k], sd[k[:-len("weight")] + "weight_scale"] = q, scale.reshape(())
+        sd[k[:-len("weight")] + "input_scale"] = torch.tensor(1.0)
+        expect[k] = q.float() * scale
+    assert len(expect) >= 4
+    models = tmp_path / "models"
+    models.mkdir()
+    save_file(sd, str(models / "ltx-2.3-22b-distilled-fp8.safetensors"), metadata=meta)
+    shutil.copytree(official_checkpoint.parent / "gemma-3-12b-it", models / "gemma-3-12b-it")
+    spec = get_spec("ltx-2.3-distilled", models)
+    assert spec.path.endswith("ltx-2.3-22b-distilled-fp8.safetensors")
+    tr = ModelCache(dtype=torch.float32).get(spec).pipe.transformer
+    got = tr.state_dict()
+    for k, w in expect.items():
+        name = k[len("model.diffusion_model."):].replace(".q_norm", ".norm_q")
+        assert torch.equal(got[name], w), name
