@@ -150,7 +150,7 @@ def test_video_vae_encode_and_decode_match_ltx_core(official_loaded, ltx_compone
 def test_audio_decoder_and_vocoder_match_ltx_core(official_loaded, ltx_components):
     pipe = official_loaded.pipe
     g = torch.Generator().manual_seed(3)
-    z = torch.randn(1, 8, 6, 16, generator=g)  # (B, z_channels, latent frames, latent mel bins)
+    z = torch.randn(1, 8, 4, 16, generator=g)  # (B, z_channels, latent frames, latent mel bins)
     with torch.no_grad():
         theirs = ltx_components["audio_decoder"](z)
         packed = z.transpose(1, 2).flatten(2)  # (B, T, C * M), as diffusers' pipeline packs audio latents
@@ -158,8 +158,15 @@ def test_audio_decoder_and_vocoder_match_ltx_core(official_loaded, ltx_component
         ours = pipe.audio_vae.decode(packed.unflatten(2, (8, 16)).transpose(1, 2), return_dict=False)[0]
         assert_close(ours, theirs, "audio VAE decode (mel)")
         mel = theirs
-        wav = ltx_components["vocoder"](mel)
-        assert (wav.abs() < 0.999).float().mean() > 0.9  # not hidden by the final clamp to [-1, 1]
+        voc = ltx_components["vocoder"]
+        voc.vocoder.apply_final_activation = False
+        try:
+            first = voc.vocoder(mel)
+        finally:
+            voc.vocoder.apply_final_activation = True
+        assert (first.abs() > 1).any()  # the first stage's final clamp matters for this input
+        wav = voc(mel)
+        assert (wav.abs() < 0.999).float().mean() > 0.75  # mostly not hidden by the last clamp to [-1, 1]
         assert_close(pipe.vocoder(mel), wav, "vocoder + bandwidth extension (48 kHz)")
 
 
