@@ -281,7 +281,7 @@ def test_cli_models_lists_tiny(capsys):
     from pipelines.cli import main
 
     assert main(["models"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["models"]  # beside "files": the official files and their purpose
     assert any(r["name"] == "tiny" and r["ready"] for r in rows)
 
 
