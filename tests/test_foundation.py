@@ -166,3 +166,18 @@ def test_loading_leaves_attention_alone_until_the_engine_installs_its_processor(
     Engine(m)
     assert m.bias_state is not None
     assert all(isinstance(b.attn1.processor, ReferenceBiasAttnProcessor) for b in m.pipe.transformer.transformer_blocks)
+
+
+def test_a_diffusers_format_folder_still_loads(tiny_model, tmp_path):
+    """The diffusers-folder path (model_index.json) keeps working beside the official single file."""
+    import torch
+
+    from pipelines.models.loader import ModelCache
+    from pipelines.models.registry import get_spec
+
+    tiny_model.pipe.save_pretrained(tmp_path / "ltx-2.3-distilled-diffusers")
+    spec = get_spec("ltx-2.3-distilled-diffusers", tmp_path)
+    loaded = ModelCache(dtype=torch.float32).get(spec)
+    ours, ref = loaded.pipe.transformer.state_dict(), tiny_model.pipe.transformer.state_dict()
+    assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)
+    assert loaded.pipe.vocoder is not None and loaded.pipe.connectors is not None
