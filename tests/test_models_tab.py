@@ -50,7 +50,8 @@ def hub(monkeypatch, tmp_path):
 def test_download_job_plans_then_downloads_in_a_child_process(hub, tmp_path):
     import os
 
-    from studio.tabs.models import download_request, plan_rows, run_download_job
+    from studio.kinds.download import download_request, run_download_job
+    from studio.tabs.models import plan_rows
 
     models = tmp_path / "models"
     assert os.environ.get("HF_HUB_OFFLINE") == "1"  # this (studio) process stays offline
@@ -73,7 +74,7 @@ def test_download_job_plans_then_downloads_in_a_child_process(hub, tmp_path):
 def test_download_job_reports_the_gated_repo_and_cancels(hub, tmp_path):
     from pipelines.errors import UserError
     from studio.jobs import JobCancelled
-    from studio.tabs.models import download_request, run_download_job
+    from studio.kinds.download import download_request, run_download_job
 
     models = tmp_path / "models"
     with pytest.raises(UserError, match="is gated: accept its licence"):
@@ -97,3 +98,21 @@ def test_models_tab_lists_every_official_file_with_its_purpose(tmp_path):
         assert name in rows and rows[name][4], name
     assert rows[CKPT][3] == "here" and rows["ltx-2.3-22b-dev.safetensors"][3] == "—"
     assert rows["ltx-2.3-22b-distilled-fp8.safetensors"][1] == "Lightricks/LTX-2.3-fp8"
+
+
+def test_download_requests_are_checked_at_submit(tmp_path):
+    from types import SimpleNamespace
+
+    from pipelines.errors import UserError
+    from studio.kinds.download import check_download, download_request
+
+    ctx = SimpleNamespace(models_dir=tmp_path)
+    req = download_request("dev", ["temporal-upscaler-x2-1.0", "dev"], None, plan_only=False)
+    assert req["files"] == ["temporal-upscaler-x2-1.0"] and req["token_ref"] is None  # "dev" is in the set
+    assert check_download(ctx, "local", req) is req
+    for bad, msg in (({"variant": "huge"}, "unknown set"), ({"variant": None, "files": ["nope"]}, "unknown files"),
+                     ({"variant": None, "files": []}, "nothing to download")):
+        with pytest.raises(UserError, match=msg):
+            check_download(ctx, "local", bad)
+    with pytest.raises(UserError, match="no models folder"):
+        check_download(SimpleNamespace(models_dir=None), "local", req)

@@ -8,6 +8,7 @@ studio with no tab at all). Each kind lives in its own module:
     preprocess  a control video from a clip (light lane)
     train       an IC-LoRA training run, resumable (gpu lane)
     tracks      a track file rendered as the Motion-Track control video (light lane)
+    download    the official weights from the Hugging Face Hub, in a child process (light lane)
 
 Every kind registers a check that runs at submit (size limits from pipelines.limits, paths, inputs probed), so
 a request that must not run is refused before it is queued, from any tab, the API or a resume.
@@ -22,9 +23,9 @@ import time
 
 def register_all(ctx) -> None:
     """Register every job kind on ``ctx.jobs`` (idempotent: a kind already registered is left as it is)."""
-    from studio.kinds import generate, preprocess, tracks, train
+    from studio.kinds import download, generate, preprocess, tracks, train
 
-    for mod in (generate, preprocess, train, tracks):
+    for mod in (generate, preprocess, train, tracks, download):
         mod.register(ctx)
 
 
