@@ -31,6 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="tiny", help="model to select by default: tiny or a name from the Models tab")
     p.add_argument("--auth", default=None, metavar="FILE", help="users file (python -m studio.cli_users add FILE NAME)")
     p.add_argument("--max-file-size", default="2gb", help="upload size limit, e.g. 500mb")
+    p.add_argument("--admins", default="", metavar="NAME[,NAME]",
+                   help="with --auth: the users who may download weights into the shared models folder")
     add_limit_arguments(p)
     return p.parse_args(argv)
 
@@ -68,7 +70,8 @@ def main(argv=None) -> int:
     cfg = StudioConfig(models_dir=args.models_dir, outputs_dir=args.outputs_dir, model=args.model, host=host,
                        port=args.port, auth_file=args.auth, max_file_size=args.max_file_size,
                        max_frames=args.max_frames, max_pixels=args.max_pixels, max_volume=args.max_volume,
-                       max_queued_jobs=args.max_queued_jobs)
+                       max_queued_jobs=args.max_queued_jobs,
+                       admins=tuple(n.strip() for n in args.admins.split(",") if n.strip()))
     try:
         launch(cfg)
     except UserError as exc:

@@ -29,6 +29,11 @@ class StudioConfig:
     max_pixels: int | None = None
     max_volume: int | None = None
     max_queued_jobs: int | None = None
+    admins: tuple[str, ...] = ()  # with auth: who may change what every user shares (the models folder)
+
+    def is_admin(self, owner: str) -> bool:
+        """Without --auth the one local user runs the box; with it, only the names given with --admins."""
+        return not self.auth_file or owner in self.admins
 
     def limits(self):
         """This server's limits: the host's profile (ZeroGPU or default) with the flags given applied."""

@@ -106,7 +106,9 @@ def test_download_requests_are_checked_at_submit(tmp_path):
     from pipelines.errors import UserError
     from studio.kinds.download import check_download, download_request
 
-    ctx = SimpleNamespace(models_dir=tmp_path)
+    from studio.context import StudioConfig
+
+    ctx = SimpleNamespace(models_dir=tmp_path, config=StudioConfig())
     req = download_request("dev", ["temporal-upscaler-x2-1.0", "dev"], None, plan_only=False)
     assert req["files"] == ["temporal-upscaler-x2-1.0"] and req["token_ref"] is None  # "dev" is in the set
     assert check_download(ctx, "local", req) is req
@@ -115,4 +117,9 @@ def test_download_requests_are_checked_at_submit(tmp_path):
         with pytest.raises(UserError, match=msg):
             check_download(ctx, "local", bad)
     with pytest.raises(UserError, match="no models folder"):
-        check_download(SimpleNamespace(models_dir=None), "local", req)
+        check_download(SimpleNamespace(models_dir=None, config=StudioConfig()), "local", req)
+    # on a shared studio (--auth) only the admins may fill the models folder everyone uses
+    shared = SimpleNamespace(models_dir=tmp_path, config=StudioConfig(auth_file="users.json", admins=("alice",)))
+    assert check_download(shared, "alice", req) is req
+    with pytest.raises(UserError, match="only its admins"):
+        check_download(shared, "bob", req)

@@ -103,6 +103,9 @@ def check_download(ctx, owner: str, request: dict) -> dict:
     """At submit: a models folder to download into, a known set and known files (refused before queueing)."""
     if not ctx.models_dir:
         raise UserError("no models folder: start the studio with --models-dir (or ICLORA_MODELS_DIR) to download")
+    if not ctx.config.is_admin(owner):
+        raise UserError("downloading weights changes the models folder every user shares: on this studio only its "
+                        "admins may (the server starts with `--admins NAME`); ask one of them")
     if not isinstance(request, dict):
         raise UserError("a download request is a dict")
     variant = request.get("variant")
