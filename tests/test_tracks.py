@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from pipelines.errors import UserError
-from pipelines.tracks import (CanvasGeometry, Point, Track, TrackSet, auto_tracks, catmull_rom, lk_paths,
-                              load_tracks, render_tracks, sample_uniform, save_tracks, track_positions,
-                              trackset_positions)
+from pipelines.tracks import (TRAIL, CanvasGeometry, Point, Track, TrackSet, age_colour, age_colour_u8,
+                              age_radius, auto_tracks, catmull_rom, lk_paths, load_tracks, render_tracks,
+                              sample_uniform, save_tracks, track_positions, trackset_positions,
+                              write_track_video)
+from pipelines.tracks.render import canvas_size, disc_offsets
 from tests.helpers import textured_frames
 
 BLACK = [0, 0, 0]
@@ -33,14 +35,18 @@ def test_uniform_sampling_with_phantom_endpoints():
     assert np.allclose(got, [(0, 0), (50, -6.25), (100, 0), (106.25, 50), (100, 100)])
     xy, present = track_positions(Track([Point(*p) for p in ctrl]), 5)
     assert present.all()
-    assert xy.tolist() == [[0, 0], [50, -6], [100, 0], [106, 50], [100, 100]]  # rounded half up
+    assert xy.tolist() == [[0, 0], [50, -6], [100, 0], [106, 50], [100, 100]]  # rounded to the nearest
 
 
 def test_one_point_static_two_points_linear():
     xy, present = track_positions(Track([Point(12.4, 7.6)]), 4)
     assert present.all() and xy.tolist() == [[12, 8]] * 4
     xy, _ = track_positions(Track([Point(0, 0), Point(100, 50)]), 5)
-    assert xy.tolist() == [[0, 0], [25, 13], [50, 25], [75, 38], [100, 50]]  # constant speed, 12.5 -> 13
+    # constant speed; ties round half to even (12.5 -> 12, 37.5 -> 38) like Python's round() in ComfyUI's
+    # LTXVSparseTrackEditor, whose samples its LTXVDrawTracks draws
+    assert xy.tolist() == [[0, 0], [25, 12], [50, 25], [75, 38], [100, 50]]
+    xy, _ = track_positions(Track([Point(2.5, 3.5)]), 2)
+    assert xy.tolist() == [[2, 4]] * 2
 
 
 def test_spline_with_one_point_per_frame_hits_every_point():
@@ -196,14 +202,50 @@ def test_render_first_frame_and_finished_track_fade(streak):
 
 
 def test_render_resizes_bilinear_from_the_1080_canvas(streak):
+    """A smaller target is torch's bilinear (align_corners=False) of the float 1080 canvas, then float16 and
+    rint(255 v): rebuilt here from the 1080p render (each age has its own colour) and resized by torch."""
+    import torch
+
     ts, video = streak
-    small = render_tracks(ts, 960, 540)
-    assert np.array_equal(small, np.stack([cv2.resize(f, (960, 540), interpolation=cv2.INTER_LINEAR) for f in video]))
+    palette_u8 = np.array([age_colour_u8(a) for a in range(TRAIL + 1)])[:, ::-1]  # BGR
+    assert len({tuple(c) for c in palette_u8}) == TRAIL + 1
+    palette = np.array([age_colour(a) for a in range(TRAIL + 1)], np.float32)[:, ::-1]
+    frames = [30, 60, 100]
+    canvas = np.zeros((len(frames), 1080, 1920, 3), np.float32)
+    for k, t in enumerate(frames):
+        for age, (u8, f) in enumerate(zip(palette_u8, palette)):
+            canvas[k][np.all(video[t] == u8, axis=-1)] = f
+        assert np.array_equal(canvas[k].any(-1), video[t].any(-1))
+    for w, h in ((960, 540), (768, 432), (2560, 1440)):
+        want = torch.nn.functional.interpolate(torch.from_numpy(canvas).permute(0, 3, 1, 2), size=(h, w),
+                                               mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+        want = np.rint(want.half().float().numpy() * 255).astype(np.uint8)
+        got = render_tracks(ts, w, h)[frames]
+        assert got.any() and np.array_equal(got, want), (w, h)
+
+
+def test_canvas_geometry():
     geo = CanvasGeometry.for_target(512, 768, 512, 768)  # portrait: short side (width) becomes 1080
-    assert (geo.width, geo.height, geo.scale, geo.offset_x, geo.offset_y) == (1080, 1620, 1080 / 512, 0, 0)
-    # drawing canvas of another aspect: cover + centre crop, like the video conform
+    assert (geo.width, geo.height, geo.scale_x, geo.scale_y) == (1080, 1620, 1080 / 512, 1620 / 768)
+    assert (geo.draw_scale, geo.offset_x, geo.offset_y) == (1, 0, 0)
+    assert canvas_size(1000, 562) == (1921, 1080)  # int(1000 * 1080 / 562) = int(1921.7): truncated
+    assert canvas_size(720, 720) == (1080, 1080) and canvas_size(544, 960) == (1080, 1905)
+    # centres: float32(x * 1080 / 512) rounded half to even, per axis
+    assert geo.map(np.array([[256, 384], [1, 0]])).tolist() == [[540, 810], [2, 0]]
+    # drawing canvas of another aspect: cover + centre crop onto the target, like the video conform
     geo = CanvasGeometry.for_target(1000, 1000, 1920, 1080)
-    assert geo.scale == 1.92 and geo.offset_y == (1920 - 1080) / 2 and geo.offset_x == 0
+    assert geo.draw_scale == 1.92 and geo.offset_y == (1920 - 1080) / 2 and geo.offset_x == 0
+    assert (geo.width, geo.height) == (1920, 1080) and geo.map(np.array([500, 500])).tolist() == [960, 540]
+
+
+def test_disc_shape_is_the_float_radius_disc():
+    # age 0: radius 8, dx^2 + dy^2 <= 64 -> 197 pixels (cv2.circle's radius-8 polygon is another shape)
+    assert len(disc_offsets(0)) == 197 and age_radius(0) == 8
+    # age 1: radius 2 + 6 * 0.98 = 7.88 (float32): 7.88^2 = 62.09 -> offsets with dx^2 + dy^2 <= 62
+    d = disc_offsets(1)
+    assert (d ** 2).sum(1).max() == 61 and len(d) == len([1 for y in range(-8, 9) for x in range(-8, 9)
+                                                           if x * x + y * y <= 62])
+    assert len(disc_offsets(TRAIL)) == 13 and age_radius(TRAIL) == 2  # radius 2: the 13-pixel diamond-ish disc
 
 
 def test_render_static_and_frames_override():
@@ -361,3 +403,4 @@ def test_cli_auto_and_mp4_render(tmp_path, make_video, capsys):
     frames, fps = read_video(video)
     assert frames.shape == (17, 96, 160, 3) and abs(fps - 24) < 0.1
     assert _cli(["tracks", "auto", str(tmp_path / "nope.mp4"), "--out", str(out)]) == 2
+

@@ -13,8 +13,10 @@ its last one (it appears and disappears there, and the renderer's trail then fad
 timed at frame 30 means "starts here at 30", not "has been sitting here since frame 0". A single timed point
 is present at that one frame only.
 
-Positions are rounded half up (floor(v + 0.5), like JavaScript's Math.round) to integer pixels of the drawing
-canvas.
+Positions are rounded to integer pixels of the drawing canvas half to even, like Python's round() in
+ComfyUI-LTXVideo's LTXVSparseTrackEditor, whose output is what its LTXVDrawTracks draws (its browser preview
+rounds half up with Math.round, but the node re-samples the control points in Python). A two-point track is
+a + (b - a) * i / (n - 1), in that order of operations, as there.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ def sample_uniform(ctrl: np.ndarray, n: int) -> np.ndarray:
     ctrl = np.asarray(ctrl, np.float64).reshape(-1, 2)
     if len(ctrl) == 1 or n == 1:
         return np.repeat(ctrl[:1], n, axis=0)
+    if len(ctrl) == 2:  # a + (b - a) * i / (n - 1): the reference's order of operations, bit for bit
+        return ctrl[0] + (ctrl[1] - ctrl[0]) * np.arange(n, dtype=np.float64)[:, None] / (n - 1)
     n_seg = len(ctrl) - 1
     g = np.arange(n, dtype=np.float64) / (n - 1) * n_seg
     seg = np.minimum(np.floor(g).astype(np.int64), n_seg - 1)
@@ -78,8 +82,9 @@ def sample_timed(ctrl: np.ndarray, frames: np.ndarray) -> np.ndarray:
             + (-2 * t3 + 3 * t2) * ctrl[seg + 1] + (t3 - t2) * h * tangents[seg + 1])
 
 
-def round_half_up(v: np.ndarray) -> np.ndarray:
-    return np.floor(np.asarray(v, np.float64) + 0.5).astype(np.int64)
+def round_position(v: np.ndarray) -> np.ndarray:
+    """Half to even, like Python's round() (np.rint), to int64."""
+    return np.rint(np.asarray(v, np.float64)).astype(np.int64)
 
 
 def track_positions(track: Track, frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,14 +96,14 @@ def track_positions(track: Track, frames: int) -> tuple[np.ndarray, np.ndarray]:
     present = np.zeros(frames, bool)
     ctrl = np.array([[p.x, p.y] for p in track.points], np.float64)
     if not track.timed:
-        xy[:] = round_half_up(sample_uniform(ctrl, frames))
+        xy[:] = round_position(sample_uniform(ctrl, frames))
         present[:] = True
         return xy, present
     fidx = np.array([p.frame for p in track.points], np.int64)
     start, stop = int(fidx[0]), min(int(fidx[-1]) + 1, frames)
     if start >= frames:
         return xy, present
-    xy[start:stop] = round_half_up(sample_timed(ctrl, fidx)[: stop - start])
+    xy[start:stop] = round_position(sample_timed(ctrl, fidx)[: stop - start])
     present[start:stop] = True
     return xy, present
 
