@@ -3,8 +3,10 @@
     python bench/tracks.py [--repeats 3] [--frames 121]
 
 Prints median seconds of: decoding a synthetic 768x512 mp4 (video_io.read_video, the baseline), rendering
-8 tracks at 768x512 and at 1920x1080, and auto-tracks (8 tracks) on the decoded clip, each with its ratio to
-the decode. Goal (issue 5): render <= 1x decode. CPU only: nothing here uses a GPU.
+8 tracks at 768x512 and at 1920x1080 (the renderer that matches ComfyUI-LTXVideo's LTXVDrawTracks pixel for
+pixel, issue 17), writing that 768x512 render as the lossless control the model reads (.mkv, FFV1) and as
+h264 (.mp4, what people see), and auto-tracks (8 tracks) on the decoded clip, each with its ratio to the
+decode. Goal (issues 5, 17): render <= 1x decode. CPU only: nothing here uses a GPU.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.tracks import Point, Track, TrackSet, auto_tracks, render_tracks  # noqa: E402
-from pipelines.video_io import read_video, write_video  # noqa: E402
+from pipelines.video_io import read_video, write_video, write_video_lossless  # noqa: E402
 from tests.helpers import textured_frames  # noqa: E402
 
 
@@ -61,8 +63,15 @@ def main() -> int:
 
     ts = make_tracks(args.frames)
     rows = [("decode 768x512 (baseline)", decode_s)]
-    rows.append(("render 8 tracks 768x512", timed(lambda: render_tracks(ts, 768, 512), args.repeats)[0]))
+    render_s, control = timed(lambda: render_tracks(ts, 768, 512), args.repeats)
+    rows.append(("render 8 tracks 768x512", render_s))
     rows.append(("render 8 tracks 1920x1080", timed(lambda: render_tracks(ts, 1920, 1080), args.repeats)[0]))
+    with tempfile.TemporaryDirectory() as tmp:
+        mkv_s, mkv = timed(lambda: write_video_lossless(Path(tmp) / "c.mkv", control, 24.0), args.repeats)
+        mp4_s, mp4 = timed(lambda: write_video(Path(tmp) / "c.mp4", control, 24.0), args.repeats)
+        sizes = mkv.stat().st_size / 1e6, mp4.stat().st_size / 1e6
+    rows.append((f"write control .mkv ({sizes[0]:.1f} MB)", mkv_s))
+    rows.append((f"write preview .mp4 ({sizes[1]:.1f} MB)", mp4_s))
     auto_s, auto = timed(lambda: auto_tracks(video, max_tracks=8), args.repeats)
     rows.append(("auto-tracks LK 768x512 (8 kept)", auto_s))
 

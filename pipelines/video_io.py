@@ -46,6 +46,8 @@ __all__ = [
     "probe",
     "read_video",
     "write_video",
+    "write_video_lossless",
+    "LOSSLESS_SUFFIX",
     "valid_frame_count",
     "next_valid_frame_count",
     "conform",
@@ -457,6 +459,79 @@ def _metadata_file(folder: Path, stem: str, comment: str) -> Path:
         Path(name).unlink(missing_ok=True)
         raise
     return Path(name)
+
+
+LOSSLESS_SUFFIX = ".mkv"
+
+
+def write_video_lossless(path: str | os.PathLike, frames: np.ndarray, fps: float,
+                         comment: str | None = None) -> Path:
+    """Encode uint8 [T,H,W,3] RGB frames losslessly: FFV1 (planar RGB, no chroma subsampling, any size) in a
+    Matroska ``.mkv``, atomically. ``read_video`` returns exactly ``frames``. ``comment`` goes into the
+    'comment' tag through an FFMETADATA file, as in ``write_video``.
+
+    For data a model reads (a control video), where h264's yuv420p would blur colours and shift values;
+    browsers cannot play it, so show people a ``write_video`` mp4 beside it."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 [T,H,W,3], got {frames.dtype} {frames.shape}")
+    t, h, w, _ = frames.shape
+    if t < 1:
+        raise UserError("cannot write a video with no frames")
+    if not (fps and math.isfinite(fps) and fps > 0):
+        raise UserError(f"fps must be a positive number, got {fps}")
+    out = Path(path)
+    if out.suffix.lower() != LOSSLESS_SUFFIX:
+        raise UserError(f"cannot write {out}: a lossless video is a {LOSSLESS_SUFFIX} file")
+    rate = Fraction(fps).limit_denominator(1001)
+    tmp = meta = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=f".partial{out.suffix}", dir=out.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        meta = _metadata_file(out.parent, out.stem, comment) if comment else None
+    except OSError as exc:  # a read-only, missing or full output folder, said plainly
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        from pipelines.errors import os_error_message
+
+        raise UserError(f"cannot write {out.name}: {os_error_message(exc, out.parent)}") from None
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y",
+           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{rate.numerator}/{rate.denominator}",
+           "-i", "-"]
+    if meta is not None:
+        cmd += ["-f", "ffmetadata", "-i", str(meta), "-map", "0:v", "-map_metadata", "1"]
+    cmd += ["-an", "-c:v", "ffv1", "-pix_fmt", "gbrp", "-f", "matroska", str(tmp)]
+    try:
+        with tempfile.TemporaryFile() as errf:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=errf)
+            broken = False
+            try:
+                data = np.ascontiguousarray(frames)
+                for i in range(t):
+                    try:
+                        proc.stdin.write(memoryview(data[i]).cast("B"))
+                    except (BrokenPipeError, OSError):
+                        broken = True
+                        break
+            finally:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    broken = True
+                rc = proc.wait()
+            errf.seek(0)
+            err = errf.read().decode("utf-8", "replace")
+        if rc != 0 or broken or not tmp.exists() or tmp.stat().st_size == 0:
+            raise UserError(f"could not write {out}: ffmpeg failed ({_ffmpeg_error_line(err)})")
+        os.chmod(tmp, (out.stat().st_mode & 0o777) if out.exists() else 0o644)
+        os.replace(tmp, out)
+    finally:
+        if meta is not None:
+            meta.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # a control/reference given as a still image

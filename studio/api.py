@@ -99,7 +99,8 @@ def install_api(ctx) -> None:
 
     @guard
     def tracks_render(tracks: FileData, width: int, height: int, frames: int, req: gr.Request) -> FileData:
-        """Render a tracks JSON (ours, ComfyUI's splines or per-frame lists) to the Motion-Track control mp4.
+        """Render a tracks JSON (ours, ComfyUI's splines or per-frame lists) to the Motion-Track control video, a
+        lossless .mkv (FFV1, BGR as the LoRA expects) that a generate request's control reads exactly.
         Checked against the size limits first; rendered by a light job (never in this request thread)."""
         from studio.kinds.tracks import render_now
 

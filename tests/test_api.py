@@ -48,6 +48,13 @@ def test_tracks_render_and_preprocess(studio_client, tmp_path):
     path = out["path"] if isinstance(out, dict) else out
     info = probe(path)
     assert (info.width, info.height, info.frames) == (128, 64, 9)
+    # a lossless control: reading it gives exactly the render the model should see
+    from pipelines.tracks import load_tracks, render_tracks
+    from pipelines.video_io import read_video
+
+    assert path.endswith(".mkv") and info.codec == "ffv1"
+    want = render_tracks(load_tracks(tracks, width=128, height=64, frames=9), 128, 64)
+    assert np.array_equal(read_video(path)[0], want)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([[{"x": "left", "y": 1}]]))
     with pytest.raises(Exception, match=r"tracks\[0\]\[0\]\.x"):

@@ -404,3 +404,58 @@ def test_cli_auto_and_mp4_render(tmp_path, make_video, capsys):
     assert frames.shape == (17, 96, 160, 3) and abs(fps - 24) < 0.1
     assert _cli(["tracks", "auto", str(tmp_path / "nope.mp4"), "--out", str(out)]) == 2
 
+
+# ------------------------------------------------------------------------------------- lossless control ---
+
+def test_lossless_video_roundtrip_is_exact(tmp_path):
+    from pipelines.video_io import probe, read_comment, read_video, write_video_lossless
+
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 256, (9, 65, 97, 3), dtype=np.uint8)  # odd sizes: no chroma subsampling here
+    out = write_video_lossless(tmp_path / "x.mkv", frames, 12.0, comment='{"kind": "test"}')
+    back, fps = read_video(out)
+    assert np.array_equal(back, frames) and fps == 12.0 and probe(out).codec == "ffv1"
+    assert read_comment(out) == '{"kind": "test"}'
+    assert [p.name for p in tmp_path.iterdir()] == ["x.mkv"]  # no temp file left behind
+    with pytest.raises(UserError, match=".mkv"):
+        write_video_lossless(tmp_path / "x.mp4", frames, 12.0)
+
+
+def _control_trackset():
+    return TrackSet(256, 192, 17, 12.0, [Track([Point(20, 30), Point(230, 160), Point(120, 20)]),
+                                         Track([Point(200, 100, 3), Point(40, 150, 12)]), Track([Point(128, 96)])])
+
+
+def test_track_control_reaches_the_engine_exactly(tmp_path, tiny_engine):
+    """A lossless track control (.mkv, what the tracks_render job writes) read by the engine's control reader
+    gives exactly the renderer's frames, BGR as rendered; an h264 mp4 of the same render would not."""
+    from pipelines.requests import ControlInput, ControlKind, GenerateRequest
+    from pipelines.video_io import read_comment, write_video
+
+    ts = _control_trackset()
+    want = render_tracks(ts, 256, 192)
+    assert want.any()
+    control = write_track_video(ts, tmp_path / "control.mkv", 256, 192)
+    req = GenerateRequest(prompt="a ball", model="tiny", width=256, height=192, frames=17, fps=12.0,
+                          controls=[ControlInput(path=str(control), kind=ControlKind.MOTION_TRACK)]).validate()
+    got = np.rint(tiny_engine.prepare_references(req, 1, 256, 192).conditions[0].frames * 255).astype(np.uint8)
+    assert got.shape == want.shape and np.array_equal(got, want)
+    assert json.loads(read_comment(control))["channel_order"] == "BGR"
+    # what the h264 path (the control before) handed the model: not the render
+    req.controls[0].path = str(write_video(tmp_path / "control.mp4", want, 12.0))
+    lossy = np.rint(tiny_engine.prepare_references(req, 1, 256, 192).conditions[0].frames * 255).astype(np.uint8)
+    assert not np.array_equal(lossy, want)
+
+
+def test_write_track_video_formats(tmp_path):
+    from pipelines.video_io import read_video
+
+    ts = _control_trackset()
+    want = render_tracks(ts, 128, 96)
+    mkv = write_track_video(ts, tmp_path / "c.mkv", 128, 96)
+    assert np.array_equal(read_video(mkv)[0], want)
+    assert np.array_equal(np.load(write_track_video(ts, tmp_path / "c.npy", 128, 96)), want)
+    assert read_video(write_track_video(ts, tmp_path / "c.mp4", 128, 96))[0].shape == want.shape
+    with pytest.raises(UserError, match=r"\.mkv .*\.mp4"):
+        write_track_video(ts, tmp_path / "c.gif", 128, 96)
+

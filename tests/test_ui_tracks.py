@@ -175,9 +175,11 @@ def _tiny_ic_lora(transformer, path):
     return save_lora(path, t, {"reference_downscale_factor": "2"})
 
 
-def test_generate_request_with_motion_track_lora_runs_on_tiny(studio_server, studio_client, tiny_model, tmp_path):
+def test_generate_request_with_motion_track_lora_runs_on_tiny(studio_server, studio_client, tiny_model, tiny_engine,
+                                                              tmp_path):
     from pathlib import Path
 
+    from pipelines.tracks import render_tracks
     from pipelines.video_io import probe, read_video
     from studio.context import LOCAL_OWNER
 
@@ -200,6 +202,12 @@ def test_generate_request_with_motion_track_lora_runs_on_tiny(studio_server, stu
     # the control video is BGR: the newest (red) dot reads back as blue from the RGB decoder
     # (at 64 px the bilinear downscale from the 1080 canvas can miss the dots: check at 512x256)
     big = tab.render_control(ctx, LOCAL_OWNER, value, 512, 256, 9, 12)
+    # lossless: the file holds exactly the renderer's frames, and so does what the engine's reader hands on
+    want = render_tracks(tab.parse_value(value), 512, 256)
+    assert big.endswith(".mkv") and np.array_equal(read_video(big)[0], want)
+    req_big = tab.build_request(value, str(lora), str(first), "a ball", 512, 256, 9, 12, 1.0, 0, "tiny", big)
+    refs = tiny_engine.prepare_references(req_big, 1, 512, 256)
+    assert np.array_equal(np.rint(refs.conditions[0].frames * 255).astype(np.uint8), want)
     last = read_video(big)[0][-1].astype(int)
     r, g, b = last[128, 480]  # the newest dot, pure red in RGB, at the track's end
     assert b > 150 and r < 80 and g < 80, (r, g, b)

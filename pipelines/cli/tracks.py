@@ -22,7 +22,9 @@ def register(subparsers) -> None:
     r.add_argument("--canvas", default=None, metavar="WxH",
                    help="size of the image imported points were drawn on (default: --width x --height)")
     r.add_argument("--fps", type=float, default=None, help="mp4 frame rate (default: the file's, else 24)")
-    r.add_argument("--out", required=True, metavar="OUT.mp4|OUT.npy", help="output .mp4 or raw uint8 .npy")
+    r.add_argument("--out", required=True, metavar="OUT.mkv|OUT.mp4|OUT.npy",
+                   help="output: .mkv lossless control video (give this to the model), .mp4 h264 preview, "
+                        "or raw uint8 .npy")
     r.set_defaults(handler=cmd_render)
 
     a = sub.add_parser("auto", help="extract editable tracks from a video (Lucas-Kanade, forward-backward)")

@@ -300,20 +300,28 @@ def _atomic_write(path: Path, write) -> Path:
 
 def write_track_video(trackset: TrackSet, path: str | os.PathLike, width: int, height: int,
                       frames: int | None = None, fps: float | None = None) -> Path:
-    """Render and write to ``.mp4`` (h264 via video_io, BGR data as the LoRA wants it) or ``.npy`` (raw uint8
-    [T,H,W,3], for exact checks). Atomic: a temp file in the same folder, then os.replace."""
+    """Render and write, atomically (a temp file in the same folder, then os.replace), by suffix:
+
+    - ``.mkv``: lossless FFV1 (video_io.write_video_lossless). THE control video for the model: reading it
+      back gives exactly ``render_tracks``'s frames.
+    - ``.mp4``: h264 yuv420p, for people and browsers; lossy (colours shift, thin dots blur), not for the model.
+    - ``.npy``: the raw uint8 [T,H,W,3] array.
+
+    Frames are in BGR order, as the LoRA wants them."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".mp4", ".npy"):
-        raise UserError(f"output {path.name} must end in .mp4 (video) or .npy (raw uint8 array)")
+    if suffix not in (".mkv", ".mp4", ".npy"):
+        raise UserError(f"output {path.name} must end in .mkv (lossless control video), .mp4 (h264 preview) "
+                        "or .npy (raw uint8 array)")
     video = render_tracks(trackset, width, height, frames)
     if suffix == ".npy":
         def _save(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 np.save(f, video)
         return _atomic_write(path, _save)
-    from pipelines.video_io import write_video
+    from pipelines.video_io import write_video, write_video_lossless
 
     comment = json.dumps({"kind": "motion_tracks", "channel_order": "BGR", "width": width, "height": height,
                           "frames": int(video.shape[0]), "tracks": len(trackset.tracks)})
-    return Path(write_video(path, video, fps or trackset.fps, comment=comment))
+    write = write_video_lossless if suffix == ".mkv" else write_video
+    return Path(write(path, video, fps or trackset.fps, comment=comment))

@@ -1,4 +1,6 @@
-"""Job kind "tracks_render" (light lane): a track file rendered as the Motion-Track control video (BGR mp4).
+"""Job kind "tracks_render" (light lane): a track file rendered as the Motion-Track control video: BGR, and
+lossless (FFV1 .mkv), so the model reads exactly the renderer's frames (h264 would shift colours and blur
+the dots; the tab shows people a separate mp4 preview).
 
 A render allocates frames x width x height x 3 bytes (plus the renderer's 1080 canvas), so it never runs in
 a request thread: the API's /tracks_render and the Motion tracks tab submit this job (checked against the
@@ -38,7 +40,7 @@ def run_tracks_render_job(request: dict, jc) -> dict:
     check_tracks_data(limits, ts)
     jc.raise_if_cancelled()
     jc.progress(0.2, f"rendering {len(ts.tracks)} track(s) over {n} frames")
-    out = write_track_video(ts, Path(jc.out_dir) / "tracks.mp4", w, h, n, request.get("fps"))
+    out = write_track_video(ts, Path(jc.out_dir) / "tracks.mkv", w, h, n, request.get("fps"))
     jc.add_output(out)
     return {"video": str(out), "width": w, "height": h, "frames": n, "tracks": len(ts.tracks),
             "channel_order": "BGR"}

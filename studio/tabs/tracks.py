@@ -220,7 +220,8 @@ def build_request(value: str | None, lora: str | None, image: str | None, prompt
 
 def render_control(ctx, owner: str, value: str | None, width, height, frames, fps) -> str:
     """The tracks rendered as the Motion-Track control video by a light job (never in the request thread);
-    its path."""
+    its path: a lossless .mkv, so the model reads exactly the rendered frames (people see render_preview's
+    h264 mp4)."""
     from studio.kinds.tracks import render_now, save_track_value
 
     path = save_track_value(ctx, owner, value or "")
