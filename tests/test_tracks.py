@@ -459,3 +459,42 @@ def test_write_track_video_formats(tmp_path):
     with pytest.raises(UserError, match=r"\.mkv .*\.mp4"):
         write_track_video(ts, tmp_path / "c.gif", 128, 96)
 
+
+# --------------------------------------------------------------------------- ComfyUI editor data formats ---
+
+def _workflow(points_store, coordinates="[]", samples=33):
+    return {"last_node_id": 2, "nodes": [
+        {"id": 1, "type": "LoadImage", "widgets_values": ["x.jpg", "image"]},
+        {"id": 2, "type": "LTXVSparseTrackEditor", "widgets_values": [points_store, coordinates, samples, ""]}]}
+
+
+def test_comfyui_workflow_and_wrapped_strings_load(tmp_path):
+    splines = _random_tracks(np.random.default_rng(4), n=3)
+    ref = load_tracks(splines, width=768, height=512, frames=33)
+    # a saved workflow: the editor's splines, its points_to_sample as the frame count
+    wf = tmp_path / "workflow.json"
+    wf.write_text(json.dumps(_workflow(json.dumps(splines))))
+    ts = load_tracks(wf, width=768, height=512)
+    assert ts.frames == 33 and np.array_equal(trackset_positions(ts)[0], trackset_positions(ref)[0])
+    assert load_tracks(wf, width=768, height=512, frames=17).frames == 17  # the caller's count wins
+    # the API prompt format
+    api = {"7": {"class_type": "LTXVSparseTrackEditor",
+                 "inputs": {"points_store": json.dumps(splines), "coordinates": "[]", "points_to_sample": 33}}}
+    assert np.array_equal(trackset_positions(load_tracks(api, width=768, height=512))[0],
+                          trackset_positions(ref)[0])
+    # no splines stored: the per-frame coordinates widget (one {x, y} per frame), tracks may end early
+    per_frame = [[{"x": 10 + i, "y": 20} for i in range(33)], [{"x": 5, "y": 5 + i} for i in range(20)]]
+    ts = load_tracks(_workflow("[]", json.dumps(per_frame)), width=768, height=512)
+    assert ts.frames == 33 and ts.tracks[1].points[-1].frame == 19
+    # the editor's output as LTXVDrawTracks also accepts it: a list of JSON strings
+    wrapped = load_tracks([json.dumps(per_frame[0]), json.dumps([per_frame[1]])], width=768, height=512,
+                          kind="per_frame")
+    assert np.array_equal(trackset_positions(wrapped)[0], trackset_positions(ts)[0])
+    with pytest.raises(UserError, match="no LTXVSparseTrackEditor"):
+        load_tracks({"nodes": [{"id": 1, "type": "LoadImage"}]}, width=768, height=512)
+    two = _workflow(json.dumps(splines))
+    two["nodes"].append(dict(two["nodes"][1], id=3))
+    with pytest.raises(UserError, match="2 LTXVSparseTrackEditor nodes"):
+        load_tracks(two, width=768, height=512)
+    with pytest.raises(UserError, match="holds no tracks"):
+        load_tracks(_workflow("[]"), width=768, height=512)

@@ -17,7 +17,13 @@ Imports (``load_tracks`` detects them):
   indices), possibly given as a JSON string. A list of ``{"x", "y"}`` dicts alone is read as one spline.
 - Per-frame coordinate lists: a list of tracks, each a list with one ``[x, y]`` (or ``{"x", "y"}``, or null for
   "absent") per frame; entry i becomes a point timed at frame i. A list of dicts with no pair and no null is
-  read as ComfyUI splines; when such a spline has exactly ``frames`` points both readings give the same render.
+  read as ComfyUI splines; when such a spline has exactly ``frames`` points both readings give the same render
+  (so the editor's ``coordinates`` widget and its ``tracks`` output, one point per frame, load either way).
+  Like ComfyUI's LTXVDrawTracks, a list whose items are JSON strings (one per track or per group) is unwrapped.
+- A ComfyUI workflow file (the UI format with ``nodes``, or the API prompt format) holding one
+  ``LTXVSparseTrackEditor`` node: its ``points_store`` splines (or, when empty, its per-frame ``coordinates``),
+  with its ``points_to_sample`` as the frame count unless ``frames`` is given. The canvas size is the size of the
+  image the editor showed, which the file does not hold: pass width and height.
 
 Every problem is a ``UserError`` whose message names the path into the JSON (``tracks[2].points[5].x is not a
 number``), so a person can find the bad value in their file.
@@ -316,6 +322,67 @@ def _read_json_text(text: str, where: str) -> Any:
         raise UserError(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
 
 
+def _unwrap_strings(items: list[str]) -> list:
+    """["<track JSON>", ...] or ["<list of tracks JSON>"] -> one list of tracks (as LTXVDrawTracks reads it)."""
+    tracks: list = []
+    for i, text in enumerate(items):
+        value = _read_json_text(text, f"track data [{i}] (a JSON string)")
+        if isinstance(value, list) and value and all(isinstance(p, dict) for p in value):
+            tracks.append(value)  # one track
+        elif isinstance(value, list):
+            tracks.extend(value)  # a list of tracks
+        else:
+            raise UserError(f"track data [{i}] is not a track or a list of tracks (got {_show(value)})")
+    return tracks
+
+
+_EDITOR_NODE = "LTXVSparseTrackEditor"
+
+
+def _is_comfy_workflow(obj: dict) -> bool:
+    if isinstance(obj.get("nodes"), list):
+        return True
+    return bool(obj) and all(isinstance(v, dict) and "class_type" in v for v in obj.values())
+
+
+def _workflow_tracks(obj: dict) -> tuple[Any, bool, int | None]:
+    """(splines or per-frame lists, is per-frame, points_to_sample) of the workflow's one track editor."""
+    editors = []
+    if isinstance(obj.get("nodes"), list):  # UI format: widgets_values = [points_store, coordinates, samples, ...]
+        for node in obj["nodes"]:
+            if isinstance(node, dict) and node.get("type") == _EDITOR_NODE:
+                w = list(node.get("widgets_values") or []) + [None] * 3
+                editors.append((node.get("id"), w[0], w[1], w[2]))
+    else:  # API prompt format
+        for key, node in obj.items():
+            if node.get("class_type") == _EDITOR_NODE:
+                inputs = node.get("inputs") or {}
+                editors.append((key, inputs.get("points_store"), inputs.get("coordinates"),
+                                inputs.get("points_to_sample")))
+    if not editors:
+        raise UserError(f"this ComfyUI workflow has no {_EDITOR_NODE} node; export the tracks from one, or give "
+                        "the editor's points as a JSON list")
+    if len(editors) > 1:
+        ids = ", ".join(str(e[0]) for e in editors)
+        raise UserError(f"this ComfyUI workflow has {len(editors)} {_EDITOR_NODE} nodes ({ids}); keep the one "
+                        "whose tracks you want and import that")
+    node_id, store, coords, samples = editors[0]
+    samples = samples if isinstance(samples, int) and not isinstance(samples, bool) and samples >= 1 else None
+
+    def parsed(value, name):
+        if isinstance(value, str):
+            value = _read_json_text(value or "[]", f"{_EDITOR_NODE} {node_id} {name}")
+        return value if isinstance(value, list) else []
+
+    splines = parsed(store, "points_store")
+    if splines and all(isinstance(sp, list) for sp in splines):
+        return splines, False, samples
+    per_frame = parsed(coords, "coordinates")
+    if per_frame:
+        return per_frame, True, samples
+    raise UserError(f"the {_EDITOR_NODE} node {node_id} holds no tracks (draw some in ComfyUI and save again)")
+
+
 def load_tracks(source: Any, width: int | None = None, height: int | None = None, frames: int | None = None,
                 fps: float | None = None, kind: TrackSource | str = TrackSource.AUTO) -> TrackSet:
     """Read tracks from a file path, JSON text, parsed JSON (dict / list) or a [N,T,2] array.
@@ -344,6 +411,14 @@ def load_tracks(source: Any, width: int | None = None, height: int | None = None
     if isinstance(obj, np.ndarray):
         obj = _from_array(obj)
         kind = TrackSource.PER_FRAME if kind is TrackSource.AUTO else kind
+    if isinstance(obj, list) and obj and all(isinstance(item, str) for item in obj):
+        obj = _unwrap_strings(obj)
+    if isinstance(obj, dict) and kind in (TrackSource.AUTO, TrackSource.COMFYUI, TrackSource.PER_FRAME) \
+            and _is_comfy_workflow(obj):
+        obj, per_frame, samples = _workflow_tracks(obj)
+        frames = samples if frames is None else frames
+        if kind is TrackSource.AUTO:
+            kind = TrackSource.PER_FRAME if per_frame else TrackSource.COMFYUI
     fps_ = DEFAULT_FPS if fps is None else _number(fps, "fps")
 
     if kind is TrackSource.AUTO:
