@@ -149,7 +149,7 @@ def run_suite(args) -> int:
         with open(log, "w") as fh:
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
-                                         "TOKENIZERS_PARALLELISM": "false"})
+                                         "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"})
             try:  # the child starts no case past its deadline; the kill is for a case that overruns or hangs
                 rc = proc.wait(timeout=sum(budgets) + GRACE_S)
             except subprocess.TimeoutExpired:
@@ -629,7 +629,9 @@ def group_gen(ctx: Ctx) -> None:
             figs["ours_over_theirs"] = ours[name]["total_s"] / figs["total_s"]
             figs["ours_over_theirs_denoise"] = ours[name]["denoise_s"] / figs["denoise_s"]
             figs["ours_over_theirs_decode"] = ours[name]["decode_s"] / figs["decode_s"]
-            return figs, "theirs: full audio stream + a/v cross-attention (see tflop)"
+            return figs, ("totals: ours = control decode + VAE encode + text connectors + denoise + decode + audio "
+                          "decode; theirs = VAE encode + denoise (full audio stream, a<->v attention: see tflop) "
+                          "+ tiled decode")
         ctx.case(2, name, one, need_s=per_run)
 
 
