@@ -14,8 +14,9 @@ Steps, in order (figures in the JSON, the markdown table printed last):
    does: ltx-core VideoEncoder for the reference, VideoConditionByReferenceLatent (+ the attention-strength
    wrapper with ICLoraPipeline's own mask downsampling), denoise_audio_video + euler_denoising_loop +
    simple_denoising_func over the 8 distilled sigmas, decode_video with TilingConfig.default()), on the SAME
-   weights: ltx-core's modules hold them, the studio's were loaded from the official checkpoint dict through
-   our single-file converters (bench/ltx23_random.py). Ratio ours / theirs. Not timed on either side: model
+   weights: ltx-core's modules hold them (built by tests/oracle/official.py's builder from the released 22B
+   config), the studio's were loaded from that official checkpoint dict through the loader's single-file path
+   (pipelines.models.loader.official_pipeline; bench/ltx23_random.py). Ratio ours / theirs. Not timed on either side: model
    loading and the prompt (theirs gets random contexts of the connectors' output shape; ours a cached prompt).
    Differences that stay: their run denoises the full audio stream with audio<->video cross-attention (ours:
    one silent token, modalities isolated: the counted FLOPs show it); their LoRA would be fused into the
@@ -60,7 +61,7 @@ Python) and imageio-ffmpeg (its static ffmpeg: control videos are mp4). Already 
 peft, accelerate, safetensors, einops, scipy, opencv, onnx, onnxruntime (CPU provider; onnxruntime-gpu is
 ~300 MB, over the 64 MB a call may carry), torchaudio. PyAV is not carried: ltx-pipelines imports it at module
 level for media files the suite never opens, so a stand-in is put in its place (bench/ltx23_random.import_ltx).
-Then one `run` with carry [".whl"]:
+Then one `run` with carry [".whl"] and timeout_s 570 (the suite stops itself by 480 s; the rest is pip and slack):
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
       .whl/*.whl && export PYTHONPATH=/tmp/site || exit; PYTHONUNBUFFERED=1 python3 bench/gpu_suite.py --out $OUT
 """
@@ -459,12 +460,13 @@ def write_ic_lora(path: Path, transformer, rank: int, d: int, seed: int = 0) -> 
     from pipelines.models.lora import save_lora
     from pipelines.training.trainer import TARGET_MODULES
 
-    g = torch.Generator().manual_seed(seed)
+    dev = next(transformer.parameters()).device  # drawn on the GPU (~330 M values at full size), saved from the CPU
+    g = torch.Generator(device=dev).manual_seed(seed)
     tensors = {}
     for name, mod in transformer.named_modules():
         if isinstance(mod, torch.nn.Linear) and re.fullmatch(TARGET_MODULES, name):
-            a = torch.randn(rank, mod.in_features, generator=g) * mod.in_features ** -0.5
-            b = torch.randn(mod.out_features, rank, generator=g) * (0.01 / rank ** 0.5)
+            a = torch.randn(rank, mod.in_features, generator=g, device=dev) * mod.in_features ** -0.5
+            b = torch.randn(mod.out_features, rank, generator=g, device=dev) * (0.01 / rank ** 0.5)
             tensors[f"diffusion_model.{name}.lora_A.weight"] = a.to(torch.bfloat16)
             tensors[f"diffusion_model.{name}.lora_B.weight"] = b.to(torch.bfloat16)
     return save_lora(path, tensors, {"reference_downscale_factor": str(d)})

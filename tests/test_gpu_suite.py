@@ -75,9 +75,10 @@ def test_tiny_suite_runs_every_step_and_reports_every_figure(tmp_path):
     assert cpu < 120, f"the tiny suite used {cpu:.0f} s of CPU (wall {wall:.0f} s)"
 
 
-def test_full_size_lightricks_and_studio_modules_match_key_for_key():
-    """The LTX-2.3 config ltx-core builds from, at the real size (48 layers, width 4096, the 2.3 VAE), loads
-    strictly into the studio's diffusers modules through the single-file converters (meta device: no memory)."""
+def test_full_size_stack_builds_through_the_official_path():
+    """At the real size (48 layers, width 4096, the 2.3 VAE; meta device: no memory) Lightricks' builder's
+    checkpoint dict loads strictly into the studio's modules through the loader's official path, and the pieces
+    the suite adds (the light and the Gemma-3-12B-shaped text encoders, the x2 upsampler) have the real sizes."""
     st = ltx.build_stack("full", "meta", torch.bfloat16, text_encoder="light")
     counts = st.param_counts()
     assert 18.5e9 < counts["transformer"] < 19.5e9  # SPEC.md 1: ~19 B + ~3 B connectors
@@ -85,8 +86,9 @@ def test_full_size_lightricks_and_studio_modules_match_key_for_key():
     assert sum(p.numel() for p in st.official.transformer.parameters()) == counts["transformer"]
     cfg = st.pipe.transformer.config
     assert (cfg.num_layers, cfg.num_attention_heads * cfg.attention_head_dim) == (48, 4096)
-    assert st.pipe.vae.config.decoder_block_out_channels == (256, 512, 512, 1024)
-    te = ltx.build_text_encoder(ltx.FULL, "gemma12b", "meta", torch.bfloat16, 100)
+    assert st.pipe.text_encoder.config.text_config.hidden_size == 3840  # 49 hidden states feed the connectors
+    assert 0.45e9 < counts["upsampler"] < 0.55e9
+    te = ltx.build_text_encoder(ltx.scale_of("full"), "gemma12b", "meta", torch.bfloat16, 100)
     assert 12.0e9 < sum(p.numel() for p in te.parameters()) < 12.4e9  # Gemma 3 12B
 
 
@@ -108,7 +110,7 @@ def test_flop_count_matches_the_linear_layers_the_forward_runs(isolate):
     st = ltx.build_stack("tiny", "cpu", torch.float32)
     tr = st.pipe.transformer
     n, na, nt, (f, h, w) = 24, 3, 32, (2, 3, 4)
-    s = ltx.TINY
+    s = ltx.scale_of("tiny")
     linear = [0]
 
     def hook(mod, inp, out):

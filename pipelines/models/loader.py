@@ -102,10 +102,6 @@ def load_text_encoder(folder: str, dtype):
 def build_official_pipeline(checkpoint: str, gemma_folder: str, dtype):
     """An LTX2InContextPipeline from one official LTX-2.3 checkpoint + the Gemma folder, configs derived from the
     checkpoint's metadata (no config folder). fp8 checkpoints are dequantised to `dtype`."""
-    from diffusers import (AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler,
-                           LTX2InContextPipeline, LTX2VideoTransformer3DModel)
-    from diffusers.pipelines.ltx2 import LTX2TextConnectors
-    from diffusers.pipelines.ltx2.vocoder import LTX2VocoderWithBWE
     from safetensors.torch import load_file
 
     from pipelines.models import official as off
@@ -115,16 +111,30 @@ def build_official_pipeline(checkpoint: str, gemma_folder: str, dtype):
         sd = load_file(checkpoint)
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"could not read {checkpoint}: {exc} (is the download complete?)") from None
+    return official_pipeline(config, sd, lambda: load_text_encoder(gemma_folder, dtype), dtype, source=checkpoint)
+
+
+def official_pipeline(config: dict, sd: dict, load_text, dtype, source: str = "the checkpoint"):
+    """What build_official_pipeline does once the file is read: the checkpoint's config dict and state dict (in
+    memory) -> the pipeline; load_text() -> (text_encoder, tokenizer). Tensors already in `dtype` are assigned, not
+    copied (bench/gpu_suite.py shares one set of full-size random weights with ltx-core's modules this way)."""
+    from diffusers import (AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler,
+                           LTX2InContextPipeline, LTX2VideoTransformer3DModel)
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2VocoderWithBWE
+
+    from pipelines.models import official as off
+
     sd = off.dequantize_fp8(sd, dtype)
     groups = off.split_state_dict(sd)
     del sd
     for part in ("transformer", "connectors", "vae", "audio_vae", "vocoder"):
         if not groups[part]:
-            raise UserError(f"{checkpoint} has no {part} weights: it is not a complete official LTX-2.3 checkpoint")
+            raise UserError(f"{source} has no {part} weights: it is not a complete official LTX-2.3 checkpoint")
     if groups["unknown"]:
-        log.warning("%s: %d keys of no known component ignored, e.g. %s", checkpoint, len(groups["unknown"]),
+        log.warning("%s: %d keys of no known component ignored, e.g. %s", source, len(groups["unknown"]),
                     next(iter(groups["unknown"])))
-    text_encoder, tokenizer = load_text_encoder(gemma_folder, dtype)
+    text_encoder, tokenizer = load_text()
     caption_channels = text_encoder.config.text_config.hidden_size
     text_in = off.text_projection_in_features(groups["connectors"])
     parts = {
@@ -140,7 +150,7 @@ def build_official_pipeline(checkpoint: str, gemma_folder: str, dtype):
     models = {}
     for name, (cls, cfg, state) in parts.items():
         model = _empty_model(cls, cfg)
-        off.load_into(model, state, name, checkpoint)
+        off.load_into(model, state, name, source)
         models[name] = _cast(model, dtype).eval()
     pipe = LTX2InContextPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**off.scheduler_config()),
                                  text_encoder=text_encoder, tokenizer=tokenizer, **models)
@@ -158,18 +168,24 @@ def load_official_upsampler(path: str):
     metadata, its keys are diffusers' names already (diffusers 0.42.1 has no single-file loader for it)."""
     import json
 
-    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
     from safetensors import safe_open
     from safetensors.torch import load_file
-
-    from pipelines.models import official as off
 
     with safe_open(path, framework="pt") as f:
         meta = f.metadata() or {}
     if "config" not in meta:
         raise UserError(f"{path} has no config in its metadata: not an official LTX-2.3 upsampler")
-    model = _empty_model(LTX2LatentUpsamplerModel, off.upsampler_config(json.loads(meta["config"])))
-    off.load_into(model, load_file(path), "upsampler", path)
+    return official_upsampler(json.loads(meta["config"]), load_file(path), source=path)
+
+
+def official_upsampler(config: dict, sd: dict, source: str = "the upsampler"):
+    """The latent upsampler from its official config dict and state dict (in memory)."""
+    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+    from pipelines.models import official as off
+
+    model = _empty_model(LTX2LatentUpsamplerModel, off.upsampler_config(config))
+    off.load_into(model, sd, "upsampler", source)
     return model.eval()
 
 
