@@ -10,6 +10,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("NO_PROXY", "localhost,127.0.0.1")
 os.environ.setdefault("no_proxy", "localhost,127.0.0.1")
+# files the studio rebuilds from code (the demo IC-LoRAs) go to a test cache, not the user's ~/.cache
+os.environ.setdefault("ICLORA_CACHE_DIR", os.path.join(__import__("tempfile").gettempdir(), "iclora-studio-test-cache"))
 
 import pytest  # noqa: E402
 
