@@ -31,21 +31,24 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         note = _notice(ctx)
         if note:
             gr.HTML(note)
-        # Cross-tab hand-offs ("use this mask", "send result to ..."): per-session states any tab may read/write.
-        ctx.shared.update(mask=gr.State(None), control_video=gr.State(None), lora=gr.State(None),
-                          reference_image=gr.State(None), clip=gr.State(None))
-        for name in TABS:
-            try:
-                mod = importlib.import_module(f"studio.tabs.{name}")
-            except ModuleNotFoundError as exc:
-                if exc.name != f"studio.tabs.{name}":
-                    raise
-                continue
-            if hasattr(mod, "register_jobs") and name not in ctx.registered:
-                mod.register_jobs(ctx)
-                ctx.registered.add(name)
-            with gr.Tab(mod.TITLE, id=name):
-                ctx.tabs.append((name, mod.build(ctx)))
+        # Cross-tab hand-offs (the studio clip / control, the painter's mask, a trained LoRA): studio.handoff
+        from studio.handoff import make_shared
+
+        ctx.shared.update(make_shared())
+        with gr.Tabs(elem_id="studio-tabs") as tabs:
+            ctx.shared["tabs"] = tabs  # History's "Reuse settings" opens the tab a job came from
+            for name in TABS:
+                try:
+                    mod = importlib.import_module(f"studio.tabs.{name}")
+                except ModuleNotFoundError as exc:
+                    if exc.name != f"studio.tabs.{name}":
+                        raise
+                    continue
+                if hasattr(mod, "register_jobs") and name not in ctx.registered:
+                    mod.register_jobs(ctx)
+                    ctx.registered.add(name)
+                with gr.Tab(mod.TITLE, id=name):
+                    ctx.tabs.append((name, mod.build(ctx)))
         from studio.api import install_api
 
         install_api(ctx)

@@ -56,6 +56,7 @@ class StudioContext:
     shared: dict = field(default_factory=dict)  # gr.State objects for cross-tab hand-offs (set by studio.app)
     registered: set = field(default_factory=set)  # tabs whose job kinds are registered
     guard: object = None  # studio.guard.GuardState: the owner ledger of cache files, logins, the users file
+    demo_loras: dict = field(default_factory=dict)  # {key: path} of the tiny model's demo IC-LoRAs (studio.handoff)
     _zero_gpu_run: object = None  # the spaces.GPU-wrapped runner, made on first use on ZeroGPU
 
     @property
@@ -137,6 +138,7 @@ class StudioContext:
 
     def allowed_roots(self) -> list[str]:
         roots = [str(self.outputs_dir), str(ASSETS_DIR)]
+        roots += sorted({str(Path(p).parent) for p in self.demo_loras.values()})  # the demo IC-LoRAs' folder
         if self.models_dir:
             roots.append(str(self.models_dir))
         return roots
@@ -157,7 +159,10 @@ def build_context(config: StudioConfig) -> StudioContext:
     service = EngineService(models_dir=str(paths.models_dir) if paths.models_dir else None)
     jobs = JobManager(paths.outputs_dir, gpu_workers=config.gpu_workers, max_queued_per_user=limits.max_queued_jobs)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    ctx = StudioContext(config=config, jobs=jobs, service=service, guard=_guard_state(config, paths))
+    from studio.handoff import build_demos
+
+    ctx = StudioContext(config=config, jobs=jobs, service=service, guard=_guard_state(config, paths),
+                        demo_loras=build_demos())
     register_all(ctx)  # every job kind, whichever tabs are built (the API needs them all)
     return ctx
 

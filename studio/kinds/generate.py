@@ -26,7 +26,8 @@ def run_generate_job(service, request: dict, ctx) -> dict:
 def check_generate(ctx, owner: str, request: dict) -> dict:
     """At submit: the request's own sizes and counts against the limits first (nothing is read before), then
     its paths must lie in the owner's folders, then every input file is probed (exists, decodes, what decoding
-    it costs) and the LoRA files are read (NaN/Inf, mixed reference factors). Returns the checked request."""
+    it costs) and the LoRA files are read (NaN/Inf, mixed reference factors), and the pieces must fit together (the
+size for the IC-LoRA's D, the mask for the reference size: pipelines.fit). Returns the checked request."""
     from pipelines.limits import active, check_generate_inputs
     from pipelines.requests import GenerateRequest
     from studio.routes import check_request_paths, checker_for
@@ -41,6 +42,9 @@ def check_generate(ctx, owner: str, request: dict) -> dict:
         from pipelines.models.lora import precheck_loras
 
         precheck_loras(loras)
+    from pipelines.fit import check_request
+
+    check_request(request)  # sizes for the IC-LoRA's D, the mask's shape: refused now, not after the queue
     return request
 
 

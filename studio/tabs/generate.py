@@ -9,8 +9,9 @@ import os
 
 import gradio as gr
 
+from pipelines.fit import size_hint
 from pipelines.requests import GenerateRequest, MemoryTier, Schedule
-from studio.ui import guard, progress_html
+from studio.ui import BAD, guard, panel_guard, progress_html, readable, refused
 
 TITLE = "Generate"
 
@@ -25,8 +26,8 @@ def job_view(ctx, job_id: str | None, request: gr.Request):
     """(progress html, preview, video, settings file, status markdown) for a job id."""
     from studio.jobs import JobNotFound
 
-    if not job_id:
-        return progress_html(0, "no job yet", "idle"), None, None, None, ""
+    if not job_id:  # nothing to show (or a refused request's reason is on the line): leave the panel as it is
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
     try:
         job = ctx.jobs.get(job_id, ctx.owner(request))
     except JobNotFound:
@@ -35,28 +36,45 @@ def job_view(ctx, job_id: str | None, request: gr.Request):
     res = job.result or {}
     video = res.get("video") if status == "done" else None
     settings = res.get("settings") if status == "done" else None
-    note = ""
-    if job.error:
-        note = f"**{status}:** {job.error}"
-    elif status == "done" and res.get("notice"):
-        note = f"⚠️ {res['notice']}"
-    return (progress_html(job.progress, job.message or "", status), job.preview, video, settings, note)
+    # the progress line is the panel's one place for a failure ("failed: <reason>"); the note is for notices
+    message = (job.error or job.message or "") if status in BAD else (job.message or "")
+    note = f"⚠️ {res['notice']}" if status == "done" and res.get("notice") else ""
+    return (progress_html(job.progress, readable(message), status), job.preview, video, settings, note)
+
+
+def job_ended(ctx, job_id: str | None, request) -> bool:
+    """Whether the job in a panel has finished (done, failed, cancelled...) or is gone."""
+    from studio.jobs import JobNotFound
+
+    if not job_id:
+        return True
+    try:
+        return ctx.jobs.get(job_id, ctx.owner(request)).status.terminal
+    except JobNotFound:
+        return True
 
 
 def wire_job_panel(ctx, timer, cancel, job_id, outputs) -> None:
     """The standard job panel: every tick show the job in ``job_id`` on ``outputs`` (progress html, latent
-    preview, video, settings file, status markdown: job_view's order); Cancel cancels it (its owner only)."""
+    preview, video, settings file, status markdown: job_view's order); Cancel cancels it (its owner only).
+    A finished job is painted once and then left alone (the players do not reload every second, and a refusal
+    written on the progress line afterwards stays there)."""
+    shown = gr.State(None)
 
-    def poll(jid, request: gr.Request):
-        return job_view(ctx, jid, request)
+    def poll(jid, already, request: gr.Request):
+        if jid and already == jid:
+            return (gr.skip(),) * 5 + (already,)
+        view = job_view(ctx, jid, request)
+        return tuple(view) + ((jid if jid and job_ended(ctx, jid, request) else None),)
 
     def do_cancel(jid, request: gr.Request):
         if jid:
             ctx.jobs.cancel(jid, ctx.owner(request))
-        return job_view(ctx, jid, request)
+        return tuple(job_view(ctx, jid, request)) + (None,)
 
-    timer.tick(guard(poll), job_id, outputs, api_visibility="private", show_progress="hidden")
-    cancel.click(guard(do_cancel), job_id, outputs, api_visibility="private")
+    timer.tick(guard(poll), [job_id, shown], list(outputs) + [shown], api_visibility="private",
+               show_progress="hidden")
+    cancel.click(guard(do_cancel), job_id, list(outputs) + [shown], api_visibility="private")
 
 
 def vram_text(model: str, tier: str, width, height, frames, refs: int = 0, downscale: int = 1) -> str:
@@ -81,8 +99,11 @@ def vram_text(model: str, tier: str, width, height, frames, refs: int = 0, downs
 
 
 def build(ctx):
+    from studio.handoff import default_size
+
     choices = model_choices(ctx)
     default_model = ctx.config.model if ctx.config.model in choices else choices[0]
+    size = default_size(ctx)
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, value="a woman walking in a city street at night, cinematic",
@@ -90,10 +111,11 @@ def build(ctx):
             negative = gr.Textbox(label="Negative prompt", lines=1, value="")
             image = gr.Image(label="First frame (optional)", type="filepath", sources=["upload"], height=180)
             with gr.Row():
-                width = gr.Number(768 if default_model != "tiny" else 96, label="Width", precision=0, minimum=32, step=32)
-                height = gr.Number(512 if default_model != "tiny" else 64, label="Height", precision=0, minimum=32, step=32)
-                frames = gr.Number(121 if default_model != "tiny" else 9, label="Frames (8n+1)", precision=0, minimum=1, step=8)
-                fps = gr.Number(24, label="FPS", minimum=1, maximum=120)
+                width = gr.Number(size.width, label="Width", precision=0, minimum=32, step=32, elem_id="gen-width")
+                height = gr.Number(size.height, label="Height", precision=0, minimum=32, step=32, elem_id="gen-height")
+                frames = gr.Number(size.frames, label="Frames (8n+1)", precision=0, minimum=1, step=8,
+                                   elem_id="gen-frames")
+                fps = gr.Number(size.fps, label="FPS", minimum=1, maximum=120)
             with gr.Accordion("Sampling", open=False):
                 with gr.Row():
                     model = gr.Dropdown(choices, value=default_model, label="Model")
@@ -103,7 +125,8 @@ def build(ctx):
                     steps = gr.Slider(1, 60, value=30, step=1, label="Steps (full schedule)")
                     cfg = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="CFG (full schedule)")
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="gen-seed")
-            vram = gr.Markdown(vram_text(default_model, "auto", 96, 64, 9), elem_id="gen-vram")
+            gr.Markdown(f"Size: {size_hint(1)}.", elem_classes=["demo-note"])
+            vram = gr.Markdown(vram_text(default_model, "auto", size.width, size.height, size.frames), elem_id="gen-vram")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="gen-go")
                 cancel = gr.Button("Cancel", elem_id="gen-cancel")
@@ -119,7 +142,6 @@ def build(ctx):
     job_id = ctx.job_state("generate")
     timer = gr.Timer(1.0)
 
-    @guard
     def submit(prompt, negative, image, width, height, frames, fps, model, tier, schedule, steps, cfg, seed,
                request: gr.Request):
         sched = Schedule(schedule)
@@ -129,9 +151,9 @@ def build(ctx):
             guidance_scale=float(cfg) if sched == Schedule.FULL else 1.0, tier=MemoryTier(tier), image=image or None,
         ).validate()
         jid = ctx.submit(ctx.owner(request), "generate", req.to_dict())
-        return jid, progress_html(0, "queued", "queued")
+        return jid, progress_html(0, "waiting for its turn", "queued")
 
-    go.click(submit, [prompt, negative, image, width, height, frames, fps, model, tier, schedule, steps, cfg, seed],
+    go.click(panel_guard(submit, 2, 1, refused, {0: None}), [prompt, negative, image, width, height, frames, fps, model, tier, schedule, steps, cfg, seed],
              [job_id, progress], api_visibility="private")
 
     wire_job_panel(ctx, timer, cancel, job_id, [progress, preview, video, settings, status])
@@ -143,7 +165,7 @@ def build(ctx):
                 r.width, r.height, r.frames, r.fps, r.model if r.model in model_choices(ctx) else gr.skip(),
                 r.tier.value, r.schedule.value, r.steps, r.guidance_scale, r.seed]
 
-    # History's "Reuse settings" fills request_inputs with apply_request(a past request)
-    return {"request_inputs": [prompt, negative, image, width, height, frames, fps, model, tier, schedule, steps,
-                               cfg, seed],
-            "apply_request": apply_request}
+    # History's "Reuse settings" fills these with apply_request(a past request) and opens this tab
+    inputs = [prompt, negative, image, width, height, frames, fps, model, tier, schedule, steps, cfg, seed]
+    return {"request_inputs": inputs, "apply_request": apply_request,
+            "reuse": {"outputs": inputs, "apply": apply_request}}
