@@ -113,8 +113,10 @@ function draw() {
     const step = 32 * dpr;
     for (let x = 0; x < canvas.width; x += step) { g.beginPath(); g.moveTo(x, 0); g.lineTo(x, canvas.height); g.stroke(); }
     for (let y = 0; y < canvas.height; y += step) { g.beginPath(); g.moveTo(0, y); g.lineTo(canvas.width, y); g.stroke(); }
-    g.fillStyle = "rgba(255,255,255,0.45)"; g.font = `${14 * dpr}px sans-serif`; g.textAlign = "center";
-    g.fillText("blank canvas: load an image or a video frame, or just draw", canvas.width / 2, canvas.height / 2);
+    if (!ts.tracks.length) {  // the hint only while there is nothing drawn (it would sit over the tracks)
+      g.fillStyle = "rgba(255,255,255,0.45)"; g.font = `${14 * dpr}px sans-serif`; g.textAlign = "center";
+      g.fillText("blank canvas: load an image or a video frame, or just draw", canvas.width / 2, canvas.height / 2);
+    }
   }
   ts.tracks.forEach((tr, k) => {
     const col = COLOURS[k % COLOURS.length];

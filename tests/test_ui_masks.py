@@ -180,7 +180,9 @@ def test_browser_paint_keyframe_and_use_mask(studio_server, page, tmp_path):
     page.goto(url, wait_until="load")
     page.get_by_role("tab", name="Mask painter").click()
     page.wait_for_selector("#mask-editor .pixi-target canvas", timeout=30_000)
-    page.set_input_files("#mask-upload input[type=file]", str(img))
+    with page.expect_file_chooser() as chooser:  # an upload button (no drop box to clip)
+        page.click("#mask-upload")
+    chooser.value.set_files(str(img))
     page.wait_for_function("document.querySelector('#mask-src-note').innerText.includes('frame.png')",
                            timeout=45_000)
     page.click("#mask-load")
@@ -200,7 +202,7 @@ def test_browser_paint_keyframe_and_use_mask(studio_server, page, tmp_path):
     saved = sorted((user_outputs_dir(ctx.outputs_dir, "local") / "masks").glob("mask-*.npy"))
     assert saved
     arr = np.load(saved[-1])
-    assert arr.shape == (9, 64, 96)
+    assert arr.shape == (9, 32, 64)  # the generator's defaults: 128x64, 9 frames, D=2 -> reference 64x32
     assert arr.max() > 0.5 and 0 < (arr[0] > 0.5).mean() < 0.5  # a stroke, not the whole frame
     page.wait_for_function("document.querySelector('#mask-note').innerText.includes('latent frame')",
                            timeout=45_000)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.ui import guard, progress_html
+from studio.ui import guard, panel_guard, progress_html
 
 TITLE = "History"
 POLL_S = 2.0
@@ -102,6 +102,21 @@ def history_view(ctx, owner: str, selected: str | None, last_sig: str | None, li
     return rows, gallery, ids, sig, bars or "<i>no running jobs</i>", gr.update(choices=choices, value=value)
 
 
+TAB_TITLES = {"generate": "Generate", "union": "Union control", "tracks": "Motion tracks"}
+
+
+def reuse_tab(kind: str, request: dict) -> str | None:
+    """The tab a job came from, read from its request: a Motion-Track control -> Motion tracks; any other control
+    (Union control, and the Mask painter's runs, which Union holds whole: control, mask, LoRA) -> Union control;
+    no control -> Generate. Other kinds (training, preprocessing) have no generator tab."""
+    if kind != "generate":
+        return None
+    controls = request.get("controls") or []
+    if any((c or {}).get("kind") == "motion_track" for c in controls):
+        return "tracks"
+    return "union" if controls else "generate"
+
+
 def resumable(job) -> bool:
     """A training (or other resumable job) that stopped without finishing: it can continue where it was."""
     return bool(job.resumable) and job.status.value in ("interrupted", "failed", "cancelled")
@@ -174,20 +189,37 @@ def build(ctx):
 
     gallery.select(guard(select), ids, pick, api_visibility="private")
 
-    def do_reuse(job_id, request: gr.Request):
-        if not job_id:
-            return ""
-        return json.dumps(reuse_request(ctx, job_id, ctx.owner(request)), indent=2)
-
-    reuse.click(guard(do_reuse), pick, request_json, api_visibility="private")
-    # Hook for the lead: when the Generate tab exposes {"request_inputs": [...], "apply_request": fn(dict)->list}
-    # from its build(), "Reuse settings" also fills its fields (components of other tabs are valid outputs).
+    # "Reuse settings" opens the tab the job came from with every field of it filled (controls, LoRAs, mask,
+    # tracks included): each tab's build() returns {"reuse": {"outputs": [...], "apply": fn(request) -> list}}.
+    tabs = ctx.shared.get("tabs")
+    reusers = {name: out["reuse"] for name, out in ctx.tabs
+               if isinstance(out, dict) and isinstance(out.get("reuse"), dict)}
     gen = dict(ctx.tabs).get("generate") or {}
-    if isinstance(gen, dict) and callable(gen.get("apply_request")) and gen.get("request_inputs"):
-        def fill(job_id, request: gr.Request):
-            if not job_id:
-                return [gr.skip()] * len(gen["request_inputs"])
-            return gen["apply_request"](reuse_request(ctx, job_id, ctx.owner(request)))
+    if "generate" not in reusers and isinstance(gen, dict) and gen.get("request_inputs"):
+        reusers["generate"] = {"outputs": gen["request_inputs"], "apply": gen["apply_request"]}
+    targets = [t for t in reusers]
+    outputs = [request_json, status] + ([tabs] if tabs is not None else [])
+    for t in targets:
+        outputs += list(reusers[t]["outputs"])
 
-        reuse.click(guard(fill), pick, list(gen["request_inputs"]), api_visibility="private")
+    def do_reuse(job_id, request: gr.Request):
+        n_fixed = 3 if tabs is not None else 2
+        if not job_id:
+            return [gr.skip()] * (len(outputs))
+        job = ctx.jobs.get(job_id, ctx.owner(request))
+        req = reuse_request(ctx, job_id, ctx.owner(request))
+        target = reuse_tab(job.kind, req)
+        if target not in reusers:
+            vals = [json.dumps(req, indent=2), f"A **{job.kind}** job: its request is below (use it with the API)."]
+            return vals + ([gr.skip()] if tabs is not None else []) + [gr.skip()] * (len(outputs) - n_fixed)
+        title = TAB_TITLES.get(target, target)
+        vals = [json.dumps(req, indent=2), f"Settings of `{job_id[:8]}` are back in **{title}**: press Generate there."]
+        if tabs is not None:
+            vals.append(gr.Tabs(selected=target))
+        for t in targets:
+            n = len(reusers[t]["outputs"])
+            vals += list(reusers[t]["apply"](req)) if t == target else [gr.skip()] * n
+        return vals
+
+    reuse.click(panel_guard(do_reuse, len(outputs), 1), pick, outputs, api_visibility="private")
     return {"table": table, "gallery": gallery, "pick": pick, "reuse": reuse, "request_json": request_json}

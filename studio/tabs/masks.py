@@ -15,7 +15,7 @@ import numpy as np
 
 from pipelines import mask_ui, masks
 from pipelines.errors import UserError
-from studio.ui import guard, progress_html
+from studio.ui import guard, panel_guard, progress_html, refused
 
 TITLE = "Mask painter"
 IMAGE_SUFFIXES = masks.IMAGE_SUFFIXES  # what the mask importer reads as images
@@ -217,23 +217,31 @@ def _user_dir(ctx, request, sub: str) -> Path:
 
 
 def build(ctx):
+    from studio import handoff
+
     shared = getattr(ctx, "shared", {}) or {}
     clip_state = shared.get("clip")
     mask_state = shared.get("mask")
     lora_state = shared.get("lora")
-    tiny = ctx.config.model == "tiny"
-    w0, h0, f0 = (96, 64, 9) if tiny else (768, 512, 121)
+    size = handoff.default_size(ctx)
+    w0, h0, f0 = size.width, size.height, size.frames
+    ic_options, default_ic = handoff.lora_choices(ctx, "union")
+    ic_options = [(handoff.NONE, handoff.NONE)] + ic_options
+    default_ic = default_ic or handoff.NONE
+    d0 = handoff.downscale_of(default_ic)  # the mask is painted for the generator's IC-LoRA: same D by default
 
     source = gr.State(None)
+    studio_control = gr.State(None)  # the studio clip's control video, when the source is the studio clip
     keys = gr.State({})
+    priv = {"api_visibility": "private"}
     with gr.Row():
         with gr.Column(scale=3):
-            with gr.Row():
-                upload = gr.File(label="Clip or image to paint on (optional)", file_types=["image", "video"],
-                                 type="filepath", height=90, elem_id="mask-upload")
-                with gr.Column(min_width=160):
-                    use_clip = gr.Button("Use the studio's clip", size="sm")
-                    src_note = gr.Markdown("No clip: painting on a blank frame.", elem_id="mask-src-note")
+            with gr.Row(equal_height=True):
+                upload = gr.UploadButton("Upload a clip or image to paint on (optional)", file_types=["image", "video"],
+                                         size="sm", elem_id="mask-upload", scale=1)
+                use_clip = gr.Button("Use the studio clip (size, frames and control from Union)", size="sm",
+                                     elem_id="mask-use-clip", scale=1)
+            src_note = gr.Markdown("No clip: painting on a blank frame.", elem_id="mask-src-note")
             with gr.Row():
                 frame = gr.Slider(0, f0 - 1, value=0, step=1, label="Frame", elem_id="mask-frame", scale=4)
                 load = gr.Button("Load frame", elem_id="mask-load", scale=1)
@@ -242,6 +250,7 @@ def build(ctx):
                                   sources=["upload"], transforms=(), elem_id="mask-editor",
                                   brush=gr.Brush(colors=["#ff3355"], color_mode="fixed", default_size=24),
                                   eraser=gr.Eraser(default_size=24), canvas_size=(576, 384), height=460)
+            paint_msg = gr.Markdown(elem_id="mask-paint-msg")
             with gr.Accordion("Shapes (by numbers, target pixels)", open=False):
                 with gr.Row():
                     kind = gr.Radio(["rect", "ellipse"], value="rect", label="Shape")
@@ -260,11 +269,12 @@ def build(ctx):
                                      "(interpolated linearly; held before the first and after the last)",
                                      elem_id="mask-keys", max_height=160)
         with gr.Column(scale=2):
+            size_md = gr.Markdown(handoff.size_note(d0), elem_id="mask-size-note")
             with gr.Row():
-                width = gr.Number(w0, label="Target width", precision=0, minimum=32, step=32)
-                height = gr.Number(h0, label="Target height", precision=0, minimum=32, step=32)
-                frames = gr.Number(f0, label="Frames (8n+1)", precision=0, minimum=1, step=8)
-                down = gr.Dropdown([1, 2], value=1, label="D (reference downscale)")
+                width = gr.Number(w0, label="Target width", precision=0, minimum=32, step=32, elem_id="mask-width")
+                height = gr.Number(h0, label="Target height", precision=0, minimum=32, step=32, elem_id="mask-height")
+                frames = gr.Number(f0, label="Frames (8n+1)", precision=0, minimum=1, step=8, elem_id="mask-frames")
+                down = gr.Dropdown([1, 2], value=d0, label="D (reference downscale)", elem_id="mask-d")
             with gr.Row():
                 fade_in = gr.Number(0, label="Fade in (frames)", precision=0, minimum=0)
                 fade_out = gr.Number(0, label="Fade out (frames)", precision=0, minimum=0)
@@ -283,14 +293,16 @@ def build(ctx):
             note = gr.Markdown(elem_id="mask-note")
             with gr.Row():
                 render = gr.Button("Play preview (video)", size="sm")
-                use = gr.Button("Use this mask", variant="primary", elem_id="mask-use")
+                use = gr.Button("Use this mask (in Union control)", variant="primary", elem_id="mask-use")
+            saved = gr.Markdown(elem_id="mask-saved")
             play = gr.Video(label="Preview: pixels | latent tokens", interactive=False, height=180,
                             elem_id="mask-play")
-            npy_file = gr.File(label="Download mask (.npy)", interactive=False, elem_id="mask-file")
-            saved = gr.Markdown(elem_id="mask-saved")
+            npy_file = gr.File(label="Download mask (.npy)", interactive=False, elem_id="mask-file", height=80)
             with gr.Accordion("Generate with this mask", open=False):
                 prompt = gr.Textbox("a person dancing on a stage, spotlight", label="Prompt", lines=2,
                                     elem_id="mask-prompt")
+                ic = gr.Dropdown(ic_options, value=default_ic, label="IC-LoRA (its D sets the mask's D)",
+                                 elem_id="mask-ic")
                 gen = gr.Button("Generate with this mask", variant="primary", elem_id="mask-gen")
                 progress = gr.HTML(progress_html(0, "no job yet", "idle"), elem_id="mask-progress")
                 gen_video = gr.Video(label="Result", interactive=False, elem_id="mask-gen-video")
@@ -301,15 +313,14 @@ def build(ctx):
     params = [editor, keys, width, height, frames, down, strength, fade_in, fade_out, invert, feather]
 
     # ---- source ----
-    @guard
     def on_upload(path):
         n = source_frame_count(path)
         name = Path(path).name if path else None
         md = (f"Painting on **{name}** ({n} frame{'s' if n != 1 else ''}; frames past its end hold the last one)."
               if path else "No clip: painting on a blank frame.")
-        return path, md
+        return path, md, None
 
-    upload.change(on_upload, upload, [source, src_note], api_visibility="private")
+    upload.upload(panel_guard(on_upload, 3, 1), upload, [source, src_note, studio_control], **priv)
 
     def on_frames(f):
         try:
@@ -318,82 +329,114 @@ def build(ctx):
             return gr.update()
         return gr.update(maximum=n - 1)
 
-    frames.change(on_frames, frames, frame, api_visibility="private", show_progress="hidden")
+    frames.change(on_frames, frames, frame, show_progress="hidden", **priv)
 
-    @guard
-    def on_use_clip(clip):
+    def on_use_clip(clip, editor_, keys_):
+        """The studio clip, with its size, frames and D: the mask then fits the control it goes with."""
         if not clip:
-            raise UserError("no studio clip yet: load one in the Union or Motion tracks tab, or upload one here")
-        return on_upload(clip)
+            raise UserError("no studio clip yet: make a control in the Union control tab (or upload a clip here)")
+        w, h, n, d = int(clip["width"]), int(clip["height"]), int(clip["frames"]), int(clip.get("downscale", 1))
+        ed = load_frame(clip["clip"], 0, w, h, {}, None)
+        return (clip["clip"], handoff.clip_text(clip) + " The mask is painted at this size.", clip.get("control"),
+                w, h, n, d, ed, {}, [], gr.update(maximum=max(1, n - 1), value=0))
 
     if clip_state is not None:
-        use_clip.click(on_use_clip, clip_state, [source, src_note], api_visibility="private")
+        use_clip.click(panel_guard(on_use_clip, 11, 1),
+                       [clip_state, editor, keys],
+                       [source, src_note, studio_control, width, height, frames, down, editor, keys, key_table, frame],
+                       **priv)
     else:
         use_clip.visible = False
 
-    load.click(guard(load_frame), [source, frame, width, height, keys, editor], editor, api_visibility="private")
+    def on_down(d):
+        return handoff.size_note(int(d))
+
+    down.change(guard(on_down), down, size_md, show_progress="hidden", **priv)
+    ic.change(lambda p: handoff.downscale_of(p), ic, down, **priv)
+
+    load.click(panel_guard(lambda *a: (load_frame(*a), ""), 2, 1), [source, frame, width, height, keys, editor],
+               [editor, paint_msg], **priv)
 
     # ---- painting ----
-    add.click(guard(add_shape), [editor, kind, sx, sy, sw, sh, sval, width, height], editor, api_visibility="private")
-    clear.click(guard(clear_paint), [editor, width, height], editor, api_visibility="private")
-    set_key.click(guard(set_keyframe), [editor, keys, frame, width, height, frames], [keys, key_table],
-                  api_visibility="private")
-    del_key.click(guard(remove_keyframe), [keys, frame], [keys, key_table], api_visibility="private")
+    add.click(panel_guard(lambda *a: (add_shape(*a), ""), 2, 1), [editor, kind, sx, sy, sw, sh, sval, width, height],
+              [editor, paint_msg], **priv)
+    clear.click(panel_guard(lambda *a: (clear_paint(*a), ""), 2, 1), [editor, width, height], [editor, paint_msg],
+                **priv)
+    set_key.click(panel_guard(lambda *a: set_keyframe(*a) + ("",), 3, 2),
+                  [editor, keys, frame, width, height, frames], [keys, key_table, paint_msg], **priv)
+    del_key.click(panel_guard(lambda *a: remove_keyframe(*a) + ("",), 3, 2), [keys, frame],
+                  [keys, key_table, paint_msg], **priv)
 
     # ---- preview ----
     pv_inputs = [source, editor, keys, frame, width, height, frames, down, strength, fade_in, fade_out, invert, feather]
-    show.click(guard(preview), pv_inputs, [pix_img, lat_img, weights_df, note], api_visibility="private")
+    pv_outputs = [pix_img, lat_img, weights_df, note]
+    show.click(panel_guard(preview, 4, 3), pv_inputs, pv_outputs, **priv)
     for comp in (strength, invert, fade_in, fade_out, down):
-        comp.change(guard(preview), pv_inputs, [pix_img, lat_img, weights_df, note], api_visibility="private",
-                    show_progress="hidden")
-    set_key.click(guard(preview), pv_inputs, [pix_img, lat_img, weights_df, note], api_visibility="private",
-                  show_progress="hidden")
+        comp.change(panel_guard(preview, 4, 3), pv_inputs, pv_outputs, show_progress="hidden", **priv)
+    set_key.click(panel_guard(preview, 4, 3), pv_inputs, pv_outputs, show_progress="hidden", **priv)
 
-    @guard
-    def on_render(src, editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_, fade_out_, invert_, feather_, request: gr.Request):
-        spec, pixels, _, weights = compute(editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_, fade_out_, invert_, feather_)
+    def on_render(src, editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_, fade_out_, invert_,
+                  feather_, request: gr.Request):
+        spec, pixels, _, weights = compute(editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_,
+                                           fade_out_, invert_, feather_)
         from pipelines.video_io import write_video
 
         strip = mask_ui.preview_strip(read_frames(src, spec.frames, spec.width, spec.height), pixels, weights)
         out = _user_dir(ctx, request, "masks") / f"preview-{time.time_ns()}.mp4"
         out.parent.mkdir(parents=True, exist_ok=True)
         write_video(out, strip, 12.0)
-        return str(out)
+        return str(out), ""
 
-    render.click(on_render, [source] + params, play, api_visibility="private")
+    render.click(panel_guard(on_render, 2, 1), [source] + params, [play, note], **priv)
 
-    # ---- hand-off ----
-    @guard
-    def on_use(editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_, fade_out_, invert_, feather_, request: gr.Request):
-        path, md = save_mask(editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_, fade_out_, invert_, feather_, out_dir=_user_dir(ctx, request, "masks"))
-        return path, path, md
+    # ---- hand-off: the mask goes with its size, frames and D, checked against the studio clip ----
+    def handed(path, width_, height_, frames_, down_, strength_):
+        return {"path": path, "width": int(width_), "height": int(height_), "frames": int(frames_),
+                "downscale": int(down_), "strength": float(strength_)}
 
-    use.click(on_use, params, [mask_state if mask_state is not None else gr.State(), npy_file, saved],
-              api_visibility="private")
+    def on_use(clip, editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_, fade_out_, invert_,
+               feather_, request: gr.Request):
+        handoff.check_clip_for_mask(clip, width_, height_, frames_, down_)
+        path, md = save_mask(editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_, fade_out_, invert_,
+                             feather_, out_dir=_user_dir(ctx, request, "masks"))
+        return handed(path, width_, height_, frames_, down_, strength_), path, md + " Open **Union control**: " \
+            "'Use painter mask' is on there."
 
-    @guard
-    def on_generate(prompt, src, lora, editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_, fade_out_, invert_, feather_, request: gr.Request):
+    clip_in = clip_state if clip_state is not None else gr.State(None)
+    use.click(panel_guard(on_use, 3, 2), [clip_in] + params,
+              [mask_state if mask_state is not None else gr.State(), npy_file, saved], **priv)
+
+    def on_generate(prompt, src, ctl, lora, ic_path, editor_, keys_, width_, height_, frames_, down_, strength_,
+                    fade_in_, fade_out_, invert_, feather_, request: gr.Request):
         out_dir = _user_dir(ctx, request, "masks")
-        path, md = save_mask(editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_, fade_out_, invert_, feather_, out_dir=out_dir)
-        if int(down_) != 1 and not lora:
-            raise UserError(f"D={int(down_)} needs an IC-LoRA with that reference downscale factor: pick one in the "
-                            "Models or Train tab first, or set D to 1 for a run without a LoRA")
-        control = control_clip(src, frames_, width_, height_, down_, out_dir)
+        lora_path = (lora or {}).get("path") if isinstance(lora, dict) else lora
+        lora_path = lora_path or (ic_path if ic_path and ic_path != handoff.NONE else None)
+        d_lora = handoff.downscale_of(lora_path)
+        if int(down_) != d_lora:
+            raise UserError(f"D is {int(down_)} but the IC-LoRA {handoff.lora_label(lora_path)} has D={d_lora}: set D "
+                            f"to {d_lora} (the mask is painted at the reference size W/D x H/D)")
+        path, md = save_mask(editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_, fade_out_, invert_,
+                             feather_, out_dir=out_dir)
+        control = ctl or control_clip(src, frames_, width_, height_, down_, out_dir)
         req = generate_request(prompt, path, control, width_, height_, frames_, strength_, model=ctx.config.model,
-                               lora=lora)
+                               lora=lora_path)
         jid = ctx.submit(ctx.owner(request), "generate", req)
-        return jid, path, path, md, progress_html(0, "queued", "queued")
+        return (jid, handed(path, width_, height_, frames_, down_, strength_), path, md,
+                progress_html(0, "waiting for its turn", "queued"))
 
-    gen.click(on_generate, [prompt, source, lora_state if lora_state is not None else gr.State()] + params,
-              [job_id, mask_state if mask_state is not None else gr.State(), npy_file, saved, progress],
-              api_visibility="private")
+    gen.click(panel_guard(on_generate, 5, 4, refused, {0: None}),
+              [prompt, source, studio_control, lora_state if lora_state is not None else gr.State(), ic] + params,
+              [job_id, mask_state if mask_state is not None else gr.State(), npy_file, saved, progress], **priv)
 
-    def poll(jid, request: gr.Request):
-        from studio.tabs.generate import job_view
+    shown = gr.State(None)  # a finished job painted once is left alone (see generate.wire_job_panel)
 
+    def poll(jid, already, request: gr.Request):
+        from studio.tabs.generate import job_ended, job_view
+
+        if jid and already == jid:
+            return gr.skip(), gr.skip(), gr.skip(), already
         prog, _, video, _, status = job_view(ctx, jid, request)
-        return prog, video, status
+        return prog, video, status, (jid if jid and job_ended(ctx, jid, request) else None)
 
-    timer.tick(guard(poll), job_id, [progress, gen_video, gen_status], api_visibility="private",
-               show_progress="hidden")
+    timer.tick(guard(poll), [job_id, shown], [progress, gen_video, gen_status, shown], show_progress="hidden", **priv)
     return {"editor": editor}

@@ -22,7 +22,7 @@ from pipelines.config import ASSETS_DIR
 from pipelines.errors import UserError
 from pipelines.tracks import Point, Track, TrackSet, load_tracks, render_tracks, save_tracks
 from pipelines.video_io import read_image, write_image
-from studio.ui import guard, guard_gen, progress_html
+from studio.ui import guard, panel_guard, progress_html, refused
 
 TITLE = "Motion tracks"
 
@@ -131,10 +131,20 @@ def render_preview(value: str | None, out_dir: Path) -> str | None:
     active().check_video("track preview", w, h, ts.frames)  # before the frames are allocated
     rgb = np.ascontiguousarray(render_tracks(ts, w, h)[..., ::-1])
     out = Path(out_dir) / f"preview-{time.time_ns()}.mp4"
-    for old in Path(out_dir).glob("preview-*.mp4"):  # keep the folder small: only the newest previews stay
-        if time.time() - old.stat().st_mtime > 120:
-            old.unlink(missing_ok=True)
+    prune_previews(Path(out_dir))
     return str(write_video(out, rgb, ts.fps))
+
+
+def prune_previews(folder: Path, max_age_s: float = 120.0) -> None:
+    """Keep the folder small: only the newest previews stay. Several renders run at once (trigger_mode
+    "always_last" per page, several pages), so a file may vanish between listing it and reading its time stamp."""
+    now = time.time()
+    for old in folder.glob("preview-*.mp4"):
+        try:
+            if now - old.stat().st_mtime > max_age_s:
+                old.unlink(missing_ok=True)
+        except FileNotFoundError:
+            continue
 
 
 def data_url(rgb: np.ndarray) -> str:
@@ -192,6 +202,29 @@ def lora_choices(models_dir) -> list[str]:
     return sorted(str(p) for p in root.rglob("*.safetensors")) if root.is_dir() else []
 
 
+def tracks_file_of(control: str | Path) -> Path:
+    """Where the tracks a control video was rendered from are kept (History's "Reuse settings" reads them)."""
+    return Path(control).with_suffix(".tracks.json")
+
+
+def aspect_note(src_w: int, src_h: int, width, height, downscale: int) -> tuple[int, int, str]:
+    """The output size for a background of src_w x src_h: (width, height, note). The size follows the background's
+    aspect on the IC-LoRA's grid (the tracks are drawn on the background, the first frame is the background), so
+    nothing is stretched; the note says what changed."""
+    from pipelines.fit import fit_aspect, size_multiple
+
+    try:
+        w, h = int(width), int(height)
+    except (TypeError, ValueError):
+        w, h = 768, 512
+    nw, nh = fit_aspect(src_w, src_h, w, h, size_multiple(downscale))
+    if (nw, nh) == (w, h):
+        return w, h, ""
+    exact = abs(nw / nh - src_w / src_h) < 0.01
+    return nw, nh, (f"Output size set to {nw}x{nh} to match the background's aspect ({src_w}x{src_h}); it was {w}x{h}."
+                    + ("" if exact else " (The nearest size on the model's grid: the background is cropped a little.)"))
+
+
 def build_request(value: str | None, lora: str | None, image: str | None, prompt: str, width, height, frames, fps,
                   strength, seed, model: str, control: str | None = None):
     """The 'generate' request: first-frame image + the Motion-Track IC-LoRA (its D comes from the file's
@@ -204,10 +237,10 @@ def build_request(value: str | None, lora: str | None, image: str | None, prompt
     ts = parse_value(value)
     if not ts.tracks:
         raise UserError("draw at least one track before generating")
-    if not lora:
-        raise UserError("choose the Motion-Track IC-LoRA file (models_dir/loras) or upload it")
+    if not lora or lora == "(none)":
+        raise UserError("choose the Motion-Track IC-LoRA (models/loras, or the demo for the tiny model) or upload it")
     if not Path(lora).is_file():
-        raise UserError(f"LoRA file {lora} does not exist")
+        raise UserError(f"LoRA file {Path(str(lora)).name} does not exist")
     w, h, n = int(width), int(height), int(frames)
     req = GenerateRequest(
         prompt=prompt, model=model, width=w, height=h, frames=n, fps=float(fps), seed=int(seed),
@@ -225,17 +258,23 @@ def render_control(ctx, owner: str, value: str | None, width, height, frames, fp
     from studio.kinds.tracks import render_now, save_track_value
 
     path = save_track_value(ctx, owner, value or "")
-    return render_now(ctx, owner, {"tracks": path, "width": int(width), "height": int(height),
-                                   "frames": int(frames), "fps": float(fps)})
+    control = render_now(ctx, owner, {"tracks": path, "width": int(width), "height": int(height),
+                                      "frames": int(frames), "fps": float(fps)})
+    save_tracks(parse_value(value), tracks_file_of(control))  # the drawing beside its control: "Reuse settings"
+    return control
 
 
 # ------------------------------------------------------------------------------------------------ the tab ---
 
 def build(ctx):
+    from studio import handoff
     from studio.tabs.generate import model_choices, wire_job_panel
 
-    tiny = ctx.config.model == "tiny"
     shared = getattr(ctx, "shared", {}) or {}
+    clip_state = shared.get("clip")
+    size = handoff.default_size(ctx)
+    lora_opts, default_lora = handoff.lora_choices(ctx, "motion_track")
+    d0 = handoff.downscale_of(default_lora)
 
     def user_dir(request: gr.Request) -> Path:
         return ctx.user_dir(ctx.owner(request), "tracks")
@@ -255,11 +294,11 @@ def build(ctx):
                                           elem_id="tracks-frame-idx")
                     max_tracks = gr.Slider(1, 32, value=8, step=1, label="Tracks to extract")
                 with gr.Row():
-                    use_ref = gr.Button("Use the shared reference image", size="sm",
-                                        visible="reference_image" in shared)
+                    use_clip = gr.Button("Use the studio clip (from Union control)", size="sm",
+                                         visible=clip_state is not None, elem_id="tracks-use-clip")
                     extract_btn = gr.Button("Extract tracks from this video", size="sm", elem_id="tracks-extract")
             sketcher = gr.HTML(
-                value=blank_value(128 if tiny else 768, 64 if tiny else 512, 9 if tiny else 121, 24.0),
+                value=blank_value(size.width, size.height, size.frames, size.fps),
                 html_template=HTML_TEMPLATE, css_template=_asset("tracks_sketcher.css"),
                 js_on_load=_asset("tracks_sketcher.js"), background="", elem_id="tracks-canvas",
                 apply_default_css=False)
@@ -273,22 +312,26 @@ def build(ctx):
             preview = gr.Video(label="Track render preview (as RGB; the model gets the same video in BGR order)",
                                interactive=False, autoplay=True, loop=True, height=260, elem_id="tracks-preview")
             with gr.Group():
-                lora_pick = gr.Dropdown(lora_choices(ctx.models_dir), value=None, allow_custom_value=True,
-                                        label="Motion-Track IC-LoRA (models_dir/loras)", elem_id="tracks-lora")
-                lora_upload = gr.UploadButton("…or upload a .safetensors", file_types=[".safetensors"], size="sm")
+                lora_pick = gr.Dropdown(lora_opts, value=default_lora, label="Motion-Track IC-LoRA (models/loras, "
+                                        "then demos)", elem_id="tracks-lora")
+                lora_upload = gr.UploadButton("…or upload a .safetensors", file_types=[".safetensors"], size="sm",
+                                              elem_id="tracks-lora-upload")
+            lora_note = gr.Markdown(_lora_note(default_lora), elem_id="tracks-lora-note", elem_classes=["demo-note"])
             first = gr.Image(label="First frame (filled from the background)", type="filepath", height=150,
                              elem_id="tracks-first")
             prompt = gr.Textbox(label="Prompt", lines=2, value="a red ball rolling across a wooden table",
                                 elem_id="tracks-prompt")
+            size_md = gr.Markdown(handoff.size_note(d0), elem_id="tracks-size-note")
             with gr.Row():
-                width = gr.Number(128 if tiny else 768, label="Width", precision=0, minimum=64, step=64)
-                height = gr.Number(64 if tiny else 512, label="Height", precision=0, minimum=64, step=64)
-                frames = gr.Number(9 if tiny else 121, label="Frames (8n+1)", precision=0, minimum=1, step=8,
+                width = gr.Number(size.width, label="Width", precision=0, minimum=32, step=32, elem_id="tracks-width")
+                height = gr.Number(size.height, label="Height", precision=0, minimum=32, step=32,
+                                   elem_id="tracks-height")
+                frames = gr.Number(size.frames, label="Frames (8n+1)", precision=0, minimum=1, step=8,
                                    elem_id="tracks-frames")
-                fps = gr.Number(24, label="FPS", minimum=1, maximum=120)
+                fps = gr.Number(size.fps, label="FPS", minimum=1, maximum=120)
             with gr.Row():
                 strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Track strength")
-                seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="tracks-seed")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="tracks-go")
                 cancel = gr.Button("Cancel")
@@ -303,92 +346,108 @@ def build(ctx):
     timer = gr.Timer(1.0)
     priv = dict(api_visibility="private")
 
-    # ---------------------------------------------------------------- background
-    def set_background(rgb: np.ndarray, value, request):
+    # ---------------------------------------------------------------- background (and the output size with it)
+    def set_background(rgb: np.ndarray, value, lora, w_, h_, request):
         h, w = rgb.shape[:2]
         path = user_dir(request) / f"background-{time.time_ns()}.png"
         write_image(path, rgb)
         new_value = with_canvas(value, w, h)
-        return gr.HTML(value=new_value, background=data_url(rgb)), str(path), str(path), f"Background {w}×{h} px."
+        nw, nh, note = aspect_note(w, h, w_, h_, handoff.downscale_of(lora))
+        return (gr.HTML(value=new_value, background=data_url(rgb)), str(path), str(path),
+                f"Background {w}×{h} px." + (f" {note}" if note else ""), nw, nh)
 
-    bg_outputs = [sketcher, bg_path, first, status]
+    bg_outputs = [sketcher, bg_path, first, status, width, height]
+    bg_inputs = [sketcher, lora_pick, width, height]
+    n_bg = len(bg_outputs)
 
-    @guard
-    def on_image(path, value, request: gr.Request):
+    def on_image(path, value, lora, w_, h_, request: gr.Request):
         if not path:
-            return gr.HTML(background=""), None, None, ""
+            return gr.HTML(background=""), None, None, "", gr.skip(), gr.skip()
         from pipelines.limits import probe_image_input
 
         probe_image_input(path, "background image", decode=False)  # its size before it is decoded
-        return set_background(read_image(path), value, request)
+        return set_background(read_image(path), value, lora, w_, h_, request)
 
-    @guard
-    def on_video(path, value, request: gr.Request):
+    def on_video(path, value, lora, w_, h_, request: gr.Request):
         if not path:
-            return (gr.Slider(maximum=1, value=0),) + (gr.HTML(), None, None, "")
+            return (gr.Slider(maximum=1, value=0),) + (gr.HTML(), None, None, "", gr.skip(), gr.skip())
         from pipelines.video_io import probe
 
         info = probe(path)
-        return (gr.Slider(maximum=max(1, info.frames - 1), value=0),) + set_background(video_frame(path, 0), value, request)
+        return (gr.Slider(maximum=max(1, info.frames - 1), value=0),) + set_background(
+            video_frame(path, 0), value, lora, w_, h_, request)
 
-    @guard
-    def on_frame(path, idx, value, request: gr.Request):
+    def on_frame(path, idx, value, lora, w_, h_, request: gr.Request):
         if not path:
-            return gr.HTML(), None, None, ""
-        return set_background(video_frame(path, idx), value, request)
+            return gr.HTML(), None, None, "", gr.skip(), gr.skip()
+        return set_background(video_frame(path, idx), value, lora, w_, h_, request)
 
     def rerender(value, request: gr.Request):
-        return render_preview(value, user_dir(request))
+        return render_preview(value, user_dir(request)), gr.skip()
 
-    rerender = guard(rerender)
+    rerender = panel_guard(rerender, 2, 1)
     prev_kw = dict(api_visibility="private", trigger_mode="always_last", show_progress="minimal")
+    prev_out = [preview, status]
 
-    bg_image.upload(on_image, [bg_image, sketcher], bg_outputs, **priv).then(rerender, sketcher, preview, **prev_kw)
-    bg_image.clear(on_image, [bg_image, sketcher], bg_outputs, **priv)
-    bg_video.upload(on_video, [bg_video, sketcher], [frame_idx] + bg_outputs, **priv).then(
-        rerender, sketcher, preview, **prev_kw)
-    frame_idx.release(on_frame, [bg_video, frame_idx, sketcher], bg_outputs, **priv)
-    if "reference_image" in shared:
-        use_ref.click(on_image, [shared["reference_image"], sketcher], bg_outputs, **priv).then(rerender, sketcher, preview, **prev_kw)
+    bg_image.upload(panel_guard(on_image, n_bg, 3), [bg_image] + bg_inputs, bg_outputs, **priv).then(
+        rerender, sketcher, prev_out, **prev_kw)
+    bg_image.clear(panel_guard(on_image, n_bg, 3), [bg_image] + bg_inputs, bg_outputs, **priv)
+    bg_video.upload(panel_guard(on_video, n_bg + 1, 4), [bg_video] + bg_inputs, [frame_idx] + bg_outputs,
+                    **priv).then(rerender, sketcher, prev_out, **prev_kw)
+    frame_idx.release(panel_guard(on_frame, n_bg, 3), [bg_video, frame_idx] + bg_inputs, bg_outputs, **priv)
+
+    def on_use_clip(clip, value, request: gr.Request):
+        """The studio clip as the background video, at its size, frames and fps (it is conformed already)."""
+        if not clip:
+            raise UserError("no studio clip yet: make a control in the Union control tab first")
+        from pipelines.video_io import probe
+
+        info = probe(clip["clip"])
+        value = with_timing(value, int(clip["frames"]), float(clip["fps"]))
+        bg = set_background(video_frame(clip["clip"], 0), value, None, clip["width"], clip["height"], request)
+        return ((clip["clip"], gr.Slider(maximum=max(1, info.frames - 1), value=0)) + bg[:3] +
+                (handoff.clip_text(clip), clip["width"], clip["height"], clip["frames"], clip["fps"]))
+
+    if clip_state is not None:
+        use_clip.click(panel_guard(on_use_clip, 10, 5), [clip_state, sketcher],
+                       [bg_video, frame_idx, sketcher, bg_path, first, status, width, height, frames, fps],
+                       **priv).then(rerender, sketcher, prev_out, **prev_kw)
 
     # ---------------------------------------------------------------- tracks in and out
-    sketcher.change(rerender, sketcher, preview, **prev_kw)
+    sketcher.change(rerender, sketcher, prev_out, **prev_kw)
 
-    @guard
     def on_import(path, value, bg):
         new = import_value(path, value, keep_canvas=bool(bg))
         n = len(json.loads(new)["tracks"])
         return new, f"Imported {n} track{'s' if n != 1 else ''} from {Path(path).name}."
 
-    import_file.upload(on_import, [import_file, sketcher, bg_path], [sketcher, status], **priv).then(
-        rerender, sketcher, preview, **prev_kw)
+    import_file.upload(panel_guard(on_import, 2, 1), [import_file, sketcher, bg_path], [sketcher, status],
+                       **priv).then(rerender, sketcher, prev_out, **prev_kw)
 
-    @guard
     def on_export(value, request: gr.Request):
-        return export_file(value, user_dir(request))
+        return export_file(value, user_dir(request)), ""
 
-    export_btn.click(on_export, sketcher, export_out, **priv)
+    export_btn.click(panel_guard(on_export, 2, 1), sketcher, [export_out, status], **priv)
 
-    @guard
     def on_extract(path, value, k):
         new = extract_value(path, value, k)
         n = len(json.loads(new)["tracks"])
         return new, f"Extracted {n} track{'s' if n != 1 else ''} from the video (timed points; edit them freely)."
 
-    extract_btn.click(on_extract, [bg_video, sketcher, max_tracks], [sketcher, status], **priv).then(
-        rerender, sketcher, preview, **prev_kw)
+    extract_btn.click(panel_guard(on_extract, 2, 1), [bg_video, sketcher, max_tracks], [sketcher, status],
+                      **priv).then(rerender, sketcher, prev_out, **prev_kw)
 
-    @guard
     def on_timing(value, n, f):
         if not n or not f or int(n) < 1 or float(f) <= 0:
-            return gr.HTML()
-        return with_timing(value, int(n), float(f))
+            return gr.HTML(), gr.skip()
+        return with_timing(value, int(n), float(f)), gr.skip()
 
-    frames.blur(on_timing, [sketcher, frames, fps], sketcher, **priv).then(rerender, sketcher, preview, **prev_kw)
-    fps.blur(on_timing, [sketcher, frames, fps], sketcher, **priv).then(rerender, sketcher, preview, **prev_kw)
+    frames.blur(panel_guard(on_timing, 2, 1), [sketcher, frames, fps], [sketcher, status], **priv).then(
+        rerender, sketcher, prev_out, **prev_kw)
+    fps.blur(panel_guard(on_timing, 2, 1), [sketcher, frames, fps], [sketcher, status], **priv).then(
+        rerender, sketcher, prev_out, **prev_kw)
 
     # ---------------------------------------------------------------- generate
-    @guard_gen
     def submit(value, lora, image, prompt, width, height, frames, fps, strength, seed, request: gr.Request):
         models = model_choices(ctx)
         model = ctx.config.model if ctx.config.model in models else models[0]
@@ -398,15 +457,59 @@ def build(ctx):
         owner = ctx.owner(request)
         control = render_control(ctx, owner, value, width, height, frames, fps)
         jid = ctx.submit(owner, "generate", build_request(*args, control=control).to_dict())
-        yield jid, progress_html(0, "queued", "queued")
+        yield jid, progress_html(0, "waiting for its turn", "queued")
+
+    def on_lora(path):
+        return _lora_note(path), handoff.size_note(handoff.downscale_of(path))
+
+    lora_pick.change(guard(on_lora), lora_pick, [lora_note, size_md], show_progress="hidden", **priv)
 
     def on_lora_upload(path):
-        return gr.Dropdown(choices=sorted(set(lora_choices(ctx.models_dir)) | {path}), value=path)
+        from pipelines.models.lora import precheck_loras
 
-    lora_upload.upload(guard(on_lora_upload), lora_upload, lora_pick, **priv)
+        precheck_loras([path])
+        return gr.update(choices=handoff.with_choice(lora_opts, path), value=path), _lora_note(path)
 
-    go.click(submit, [sketcher, lora_pick, first, prompt, width, height, frames, fps, strength, seed],
-             [job_id, progress], **priv)
+    lora_upload.upload(panel_guard(on_lora_upload, 2, 1), lora_upload, [lora_pick, lora_note], **priv)
+
+    go.click(panel_guard(submit, 2, 1, refused, {0: None}),
+             [sketcher, lora_pick, first, prompt, width, height, frames, fps, strength, seed], [job_id, progress],
+             **priv)
 
     wire_job_panel(ctx, timer, cancel, job_id, [progress, latent, video, settings, job_status])
-    return {"sketcher": sketcher, "preview": preview}
+
+    # ---------------------------------------------------------------- History's "Reuse settings"
+    reuse_outputs = [sketcher, lora_pick, lora_note, first, prompt, width, height, frames, fps, strength, seed,
+                     status]
+
+    def apply_request(d: dict) -> list:
+        from pipelines.requests import GenerateRequest
+
+        r = GenerateRequest.from_dict(d)
+        control = r.controls[0].path if r.controls else None
+        saved = tracks_file_of(control) if control else None
+        if saved is not None and saved.is_file():
+            value = load_tracks(str(saved), kind="own").to_json(indent=None)
+            note = f"Tracks and settings of the reused job ({saved.name})."
+        else:
+            value = gr.skip()
+            note = "The reused job's tracks were not kept (older job): its settings are back, draw the tracks again."
+        lora = r.loras[0].path if r.loras else None
+        image = r.image if r.image and Path(r.image).is_file() else None
+        return [value, gr.update(choices=handoff.with_choice(lora_opts, lora), value=lora), _lora_note(lora),
+                image, r.prompt, r.width, r.height, r.frames, r.fps,
+                r.controls[0].strength if r.controls else 1.0, r.seed, note]
+
+    return {"sketcher": sketcher, "preview": preview, "reuse": {"outputs": reuse_outputs, "apply": apply_request}}
+
+
+def _lora_note(path: str | None) -> str:
+    from studio.handoff import lora_label
+
+    if not path:
+        return "No Motion-Track IC-LoRA: put one in models/loras or upload it."
+    label = lora_label(path)
+    if label.startswith("demo"):
+        return (f"**{label}**: a demo file built for the tiny test model so the whole path runs; a real "
+                "Motion-Track IC-LoRA in models/loras takes over.")
+    return f"Using **{label}**."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -18,9 +19,9 @@ import numpy as np
 from pipelines.errors import UserError
 from pipelines.requests import ControlInput, ControlKind, GenerateRequest, LoraSpec, MemoryTier, Schedule
 from pipelines.video_io import IMAGE_EXTS
-from studio.kinds import wait_job
+from studio.kinds import wait_job  # noqa: F401  (re-exported: tests and the API wait on preprocess jobs)
 from studio.kinds.preprocess import submit_preprocess
-from studio.ui import guard, guard_gen, progress_html
+from studio.ui import error_md, guard, panel_guard, progress_html, refused
 
 TITLE = "Union control"
 KINDS = ["canny", "depth", "pose", "passthrough"]
@@ -72,19 +73,22 @@ def lora_stack(ctx, table) -> list[LoraSpec]:
 
 
 def status_markdown(models_dir) -> str:
+    """One line per control backend (a list, not a table: the notes hold long paths that a narrow table column
+    would break letter by letter)."""
     from pipelines.control import registry_status
 
-    lines = ["| control | status | notes |", "|---|---|---|"]
+    lines = []
     for s in registry_status(models_dir):
         if s["ready"]:
-            note = "ready"
-        elif s["status"] == "missing package":
+            lines.append(f"- **{s['kind']}**: ✅ ready")
+            continue
+        if s["status"] == "missing package":
             note = f"pip install {' '.join(s['pip'] or s['missing_packages'])}"
         else:
-            where = ", ".join(f"`{p}`" for p in s["searched"]) or "no models folder set (--models-dir)"
+            where = ", ".join(f"`{p}`" for p in s["searched"]) or "a models folder (start with --models-dir)"
             names = ", ".join(f"`{w['name']}`" for w in s["weights"])
             note = f"put {names} in {where} (from `{s['source']}`)"
-        lines.append(f"| {s['kind']} | {'✅' if s['ready'] else '⚠️ ' + s['status']} | {note} |")
+        lines.append(f"- **{s['kind']}**: ⚠️ {s['status']}: {note}")
     return "\n".join(lines)
 
 
@@ -139,16 +143,25 @@ def build_request(ctx, *, prompt, negative, control_path, control_kind, control_
     ).validate()
 
 
-def _mask_text(mask_path) -> str:
-    if not mask_path:
-        return "No mask from the Mask painter yet: the control applies everywhere (scaled by attention strength)."
-    return f"Mask from painter: **{html.escape(Path(str(mask_path)).name)}**"
+def ic_note(path: str | None) -> str:
+    """One line under the IC-LoRA choice: what the file is, and plainly what happens without one."""
+    from studio.handoff import NONE, lora_label
+
+    if not path or path == NONE:
+        return ("⚠️ **No IC-LoRA: the control is ignored.** The base model was never trained on control videos, so "
+                "the video will not follow it. Pick the Union IC-LoRA (or its demo) to follow the structure.")
+    label = lora_label(path)
+    if label.startswith("demo"):
+        return (f"Using **{html.escape(label)}**: a demo file built for the tiny test model so the whole path runs; "
+                "put a real IC-LoRA in models/loras to use it instead.")
+    return f"Using **{html.escape(label)}**."
 
 
 # ---------------------------------------------------------------------------------------------- the tab
 
 def build(ctx):
     from pipelines.presets import list_presets, load_preset, sample_clip_path
+    from studio import handoff
     from studio.tabs import generate as generate_tab
     from studio.tabs.generate import job_view, model_choices
 
@@ -156,8 +169,10 @@ def build(ctx):
     default_model = ctx.config.model if ctx.config.model in choices else (choices[0] if choices else "tiny")
     tiny = default_model == "tiny"
     loras = lora_files(ctx)
-    lora_choices = ["(none)"] + loras
-    default_ic = next((p for p in loras if "union" in Path(p).name.lower()), "(none)")
+    ic_options, default_ic = handoff.lora_choices(ctx, "union")
+    ic_options = [(handoff.NONE, handoff.NONE)] + ic_options
+    default_ic = default_ic or handoff.NONE
+    size = handoff.default_size(ctx)
     sample = sample_clip_path()
 
     gr.Markdown("Make a control video from your clip (edges, depth, pose, or your own), check it frame by frame, "
@@ -168,27 +183,28 @@ def build(ctx):
         preset_note = gr.Markdown(elem_id="union-preset-note")
     # ---- 1. clip and control
     with gr.Row(equal_height=False):
-        with gr.Column(scale=1):
+        with gr.Column(scale=1, min_width=320):
             clip = gr.Video(label="Clip", sources=["upload"], elem_id="union-clip", height=220)
             sample_btn = gr.Button("Use sample clip", size="sm", elem_id="union-sample", visible=sample is not None)
-            gr.Markdown("**Output size** (the control video is made at this size; Union IC-LoRA: multiples of 64)")
+            size_md = gr.Markdown(handoff.size_note(handoff.downscale_of(default_ic)) +
+                                  " The control video is made at this size.", elem_id="union-size-note")
             with gr.Row():
-                width = gr.Number(128 if tiny else 768, label="Width", precision=0, minimum=64, step=64,
+                width = gr.Number(size.width, label="Width", precision=0, minimum=32, step=32,
                                   elem_id="union-width", min_width=70)
-                height = gr.Number(64 if tiny else 512, label="Height", precision=0, minimum=64, step=64,
+                height = gr.Number(size.height, label="Height", precision=0, minimum=32, step=32,
                                    elem_id="union-height", min_width=70)
-                frames = gr.Number(9 if tiny else 121, label="Frames (8n+1)", precision=0, minimum=1, step=8,
+                frames = gr.Number(size.frames, label="Frames (8n+1)", precision=0, minimum=1, step=8,
                                    elem_id="union-frames", min_width=70)
-                fps = gr.Number(24, label="FPS", minimum=1, maximum=120, min_width=70)
+                fps = gr.Number(size.fps, label="FPS", minimum=1, maximum=120, min_width=70)
             kind = gr.Radio(KINDS, value="canny", label="Control", elem_id="union-kind")
             kind_note = gr.Markdown(kind_notice(ctx.models_dir, "canny"), elem_id="union-kind-note")
             with gr.Row(visible=True) as canny_row:
-                low = gr.Slider(0, 255, value=92, step=1, label="Canny low")
-                high = gr.Slider(0, 255, value=200, step=1, label="Canny high")
-                blur = gr.Slider(0, 5, value=0, step=0.5, label="Pre-blur (px)")
+                low = gr.Slider(0, 255, value=92, step=1, label="Canny low", min_width=120)
+                high = gr.Slider(0, 255, value=200, step=1, label="Canny high", min_width=120)
+                blur = gr.Slider(0, 5, value=0, step=0.5, label="Pre-blur (px)", min_width=120)
             invert = gr.Checkbox(False, label="Invert (near = white ↔ far = white)", visible=False)
             with gr.Accordion("Control backends on this machine", open=False):
-                gr.Markdown(status_markdown(ctx.models_dir))
+                gr.Markdown(status_markdown(ctx.models_dir), elem_classes=["backends-table"])
         with gr.Column(scale=2):
             with gr.Row():
                 in_frame = gr.Image(label="Input frame", interactive=False, format="png", height=220,
@@ -208,17 +224,21 @@ def build(ctx):
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id="union-prompt",
                                 value="a cinematic shot, soft evening light, detailed textures")
             negative = gr.Textbox(label="Negative prompt", lines=1, value="blurry, low quality, distorted")
-            with gr.Row():
-                ic_choice = gr.Dropdown(lora_choices, value=default_ic, label="IC-LoRA (models/loras)", scale=3)
+            with gr.Row(equal_height=True):
+                ic_choice = gr.Dropdown(ic_options, value=default_ic, label="IC-LoRA (models/loras, then demos)",
+                                        scale=3, elem_id="union-ic")
                 ic_strength = gr.Slider(0, 2, value=1.0, step=0.05, label="IC-LoRA strength", scale=2)
-            ic_upload = gr.File(label="…or upload an IC-LoRA (.safetensors)", file_types=[".safetensors"],
-                                type="filepath", height=70)
+            with gr.Row(equal_height=True):
+                ic_note_md = gr.Markdown(ic_note(default_ic), elem_id="union-ic-note", elem_classes=["demo-note"])
+                ic_upload = gr.UploadButton("Upload an IC-LoRA (.safetensors)", file_types=[".safetensors"],
+                                            size="sm", elem_id="union-ic-upload", scale=0, min_width=240)
             with gr.Row():
                 control_strength = gr.Slider(0, 1, value=1.0, step=0.05, label="Control strength")
                 attention = gr.Slider(0, 1, value=1.0, step=0.05, label="Attention strength")
             with gr.Row():
-                use_mask = gr.Checkbox(False, label="Use painter mask", interactive=True)
-                mask_note = gr.Markdown(_mask_text(None), elem_id="union-mask-note")
+                use_mask = gr.Checkbox(False, label="Use painter mask", interactive=True, elem_id="union-use-mask",
+                                       scale=1)
+                mask_note = gr.Markdown(handoff.mask_text(None), elem_id="union-mask-note")
             with gr.Accordion("Extra LoRAs (style, distilled, …)", open=False):
                 lora_table = gr.Dataframe(headers=LORA_HEADERS, datatype=["str", "number"], value=[["", 1.0]],
                                           row_count=(1, "dynamic"), column_count=(2, "fixed"), interactive=True,
@@ -237,7 +257,7 @@ def build(ctx):
                 with gr.Row():
                     steps = gr.Slider(1, 60, value=30, step=1, label="Steps (full schedule)")
                     cfg = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="CFG (full schedule)")
-                    seed = gr.Number(42, label="Seed", precision=0, minimum=0)
+                    seed = gr.Number(42, label="Seed", precision=0, minimum=0, elem_id="union-seed")
             vram_fn = getattr(generate_tab, "vram_text", None)  # predicted VRAM (one reference at D=2)
             vram = gr.Markdown(vram_fn(default_model, "auto", width.value, height.value, frames.value, refs=1,
                                        downscale=2) if vram_fn else "", elem_id="union-vram")
@@ -246,37 +266,35 @@ def build(ctx):
                 cancel = gr.Button("Cancel", elem_id="union-cancel")
         with gr.Column(scale=2):
             progress = gr.HTML(progress_html(0, "no job yet", "idle"), elem_id="union-progress")
+            status = gr.Markdown(elem_id="union-status")
             preview = gr.Image(label="Latent preview", interactive=False, height=120, format="png")
             with gr.Row():
                 video = gr.Video(label="Result", interactive=False, elem_id="union-video")
                 used_control = gr.Video(label="Its control", interactive=False, elem_id="union-used-control")
-            settings = gr.File(label="Settings (JSON)", interactive=False)
-            status = gr.Markdown(elem_id="union-status")
-            with gr.Row():
-                send_clip = gr.Button("Send result to Mask painter / Motion tracks", size="sm",
-                                      elem_id="union-send-clip")
-                send_control = gr.Button("Send control to other tabs", size="sm")
-            sent = gr.Markdown()
+            settings = gr.File(label="Settings (JSON)", interactive=False, elem_id="union-settings", height=80)
+            send_clip = gr.Button("Use the result as the studio clip (Mask painter, Motion tracks)", size="sm",
+                                  elem_id="union-send-clip")
+            sent = gr.Markdown(elem_id="union-sent")
 
     pre_result = gr.State(None)  # the finished preprocess job's result dict
     job_id = ctx.job_state("union")
     shown = gr.State(None)  # job id whose result is already on screen (the timer then leaves it alone)
     timer = gr.Timer(1.0)
     shared = ctx.shared
+    clip_state, mask_state, lora_state = shared.get("clip"), shared.get("mask"), shared.get("lora")
+    priv = {"api_visibility": "private"}
 
     if vram_fn:
         def vram_update(m, t, w, h, n):
             return vram_fn(m, t, w, h, n, refs=1, downscale=2)
 
         for comp in (model, tier, width, height, frames):
-            comp.change(guard(vram_update), [model, tier, width, height, frames], vram, api_visibility="private",
-                        show_progress="hidden")
+            comp.change(guard(vram_update), [model, tier, width, height, frames], vram, show_progress="hidden", **priv)
 
     # ---- presets
     form = [prompt, negative, kind, low, high, blur, invert, control_strength, ic_choice, ic_strength, attention,
             width, height, frames, fps, schedule, steps, cfg, stages, tier, seed]
 
-    @guard
     def apply_preset(name):
         if not name or name == "(none)":
             return [gr.skip()] * len(form) + [""]
@@ -295,108 +313,191 @@ def build(ctx):
         if keep_size:
             note += (f" · tiny model: kept the small test size (preset: {r.width}x{r.height}, {r.frames} frames)")
         if p.ic_lora_match and not ic:
-            note += f" · no file matching `{p.ic_lora_match}` in models/loras: upload the IC-LoRA or pick one"
+            note += (f" · no file matching `{p.ic_lora_match}` in models/loras: "
+                     + ("kept the demo IC-LoRA" if tiny else "upload the IC-LoRA or pick one"))
         return vals + [note]
 
-    preset.change(apply_preset, preset, form + [preset_note], api_visibility="private")
+    preset.change(guard(apply_preset), preset, form + [preset_note], **priv)
+
+    # ---- IC-LoRA choice: its D sets the size rule shown
+    def on_ic(path):
+        d = handoff.downscale_of(path)
+        return ic_note(path), handoff.size_note(d) + " The control video is made at this size."
+
+    ic_choice.change(guard(on_ic), ic_choice, [ic_note_md, size_md], show_progress="hidden", **priv)
+
+    def on_ic_upload(path):
+        from pipelines.models.lora import precheck_loras
+
+        precheck_loras([path])  # a broken or NaN file is refused here, by name
+        return gr.update(choices=handoff.with_choice(ic_options, path), value=path), ic_note(path)
+
+    ic_upload.upload(panel_guard(on_ic_upload, 2, 1), ic_upload, [ic_choice, ic_note_md], **priv)
 
     # ---- clip and control
-    sample_btn.click(lambda: str(sample) if sample else None, None, clip, api_visibility="private")
+    sample_btn.click(lambda: str(sample) if sample else None, None, clip, **priv)
 
     def on_kind(k):
         return (kind_notice(ctx.models_dir, k), gr.update(visible=k == "canny"),
                 gr.update(visible=k in ("depth", "passthrough")))
 
-    kind.change(guard(on_kind), kind, [kind_note, canny_row, invert], api_visibility="private")
+    kind.change(guard(on_kind), kind, [kind_note, canny_row, invert], **priv)
 
-    @guard_gen
-    def make_control(clip_path, k, lo, hi, bl, inv, w, h, n, f, request: gr.Request):
+    def make_control(clip_path, k, lo, hi, bl, inv, w, h, n, f, ic, request: gr.Request):
         owner = ctx.owner(request)
         jid = submit_preprocess(ctx, clip_path, k, lo, hi, bl, inv, w, h, n, f, request)
-        for job in wait_job(ctx, jid, owner):
-            if job.status.value != "done":
-                yield (progress_html(job.progress, job.message or "", job.status.value), gr.skip(), gr.skip(),
-                       gr.skip(), gr.skip(), gr.skip(), gr.skip())
-                continue
-            res = job.result
-            a, b = scrub_frames(res, 0)
-            yield (progress_html(1.0, "control ready", "done"), res, f"{res['report']}", res["control"], a, b,
-                   gr.update(maximum=max(1, res["frames"] - 1), value=0))
+        yield (progress_html(0, "waiting for its turn", "queued"),) + (gr.skip(),) * 7
+        deadline = time.monotonic() + 600
+        while True:
+            job = ctx.jobs.get(jid, owner)
+            if job.status.value == "done":
+                break
+            if job.status.terminal:  # failed / cancelled: the reason stays on the line, "queued" is gone
+                yield (progress_html(job.progress, job.error or job.status.value, job.status.value),) + \
+                    (gr.skip(),) * 7
+                return
+            if time.monotonic() > deadline:
+                raise UserError("preprocessing is taking long; it keeps running, press 'Make control' again later")
+            yield (progress_html(job.progress, job.message or "waiting for its turn", job.status.value),) + \
+                (gr.skip(),) * 7
+            time.sleep(0.3)
+        res = job.result
+        a, b = scrub_frames(res, 0)
+        studio_clip = {"clip": res["input"], "control": res["control"], "kind": k, "width": res["width"],
+                       "height": res["height"], "frames": res["frames"], "fps": res["fps"],
+                       "downscale": handoff.downscale_of(ic), "source": TITLE}
+        yield (progress_html(1.0, "control ready (the Mask painter and Motion tracks can use it now)", "done"), res,
+               f"{res['report']}", res["control"], a, b, gr.update(maximum=max(1, res["frames"] - 1), value=0),
+               studio_clip)
 
-    make.click(make_control, [clip, kind, low, high, blur, invert, width, height, frames, fps],
-               [pre_progress, pre_result, pre_report, control_video, in_frame, ctl_frame, scrub],
-               api_visibility="private")
-    scrub.change(guard(scrub_frames), [pre_result, scrub], [in_frame, ctl_frame], api_visibility="private",
-                 show_progress="hidden")
+    make_outputs = [pre_progress, pre_result, pre_report, control_video, in_frame, ctl_frame, scrub,
+                    clip_state if clip_state is not None else gr.State()]
+    make.click(panel_guard(make_control, len(make_outputs), 0, refused),
+               [clip, kind, low, high, blur, invert, width, height, frames, fps, ic_choice], make_outputs, **priv)
+    scrub.change(guard(scrub_frames), [pre_result, scrub], [in_frame, ctl_frame], show_progress="hidden", **priv)
 
-    # ---- mask from the painter
-    if "mask" in shared:
-        shared["mask"].change(lambda m: (_mask_text(m), bool(m)), shared["mask"], [mask_note, use_mask],
-                              api_visibility="private")
+    # ---- the painter's mask: checked against this tab's size and IC-LoRA when it arrives
+    def on_mask(m, w, h, n, ic):
+        if not m:
+            return handoff.mask_text(None), False
+        try:
+            handoff.check_mask_for(m, w, h, n, handoff.downscale_of(ic))
+        except UserError as exc:
+            return handoff.mask_text(m) + "\n\n" + error_md(str(exc)), False
+        return handoff.mask_text(m), True
+
+    if mask_state is not None:
+        mask_state.change(guard(on_mask), [mask_state, width, height, frames, ic_choice], [mask_note, use_mask],
+                          **priv)
 
     # ---- generate
-    @guard
-    def submit(prompt_, negative_, res, k, cs, icc, icu, ics, table, att, um, mask_path, img, imgs, model_, sched_,
+    def submit(prompt_, negative_, res, k, cs, icc, ics, table, att, um, mask, img, imgs, model_, sched_,
                steps_, cfg_, stages_, tier_, seed_, w, h, n, f, request: gr.Request):
+        ic = icc if icc and icc != handoff.NONE else None
+        if um:
+            if not mask:
+                raise UserError("'Use painter mask' is on but no mask came from the Mask painter yet")
+            handoff.check_mask_for(mask, w, h, n, handoff.downscale_of(ic))
         req = build_request(ctx, prompt=prompt_, negative=negative_, control_path=(res or {}).get("control"),
-                            control_kind=k, control_strength=cs, ic_choice=icc, ic_upload=icu, ic_strength=ics,
-                            lora_table=table, attention=att, use_mask=um, mask_path=mask_path, image=img,
-                            image_strength=imgs, model=model_, schedule=sched_, steps=steps_, cfg=cfg_,
+                            control_kind=k, control_strength=cs, ic_choice=ic, ic_upload=None, ic_strength=ics,
+                            lora_table=table, attention=att, use_mask=um, mask_path=(mask or {}).get("path"),
+                            image=img, image_strength=imgs, model=model_, schedule=sched_, steps=steps_, cfg=cfg_,
                             stages=stages_, tier=tier_, seed=seed_, width=w, height=h, frames=n, fps=f)
         jid = ctx.submit(ctx.owner(request), "generate", req.to_dict())
-        return jid, progress_html(0, "queued", "queued"), None, None, None, None
+        note = "" if ic else "⚠️ Generating without an IC-LoRA: the control is ignored."
+        return jid, progress_html(0, "waiting for its turn", "queued"), None, None, None, None, note
 
-    mask_state = shared.get("mask") or gr.State(None)
-    go.click(submit, [prompt, negative, pre_result, kind, control_strength, ic_choice, ic_upload, ic_strength,
-                      lora_table, attention, use_mask, mask_state, image, image_strength, model, schedule, steps, cfg,
-                      stages, tier, seed, width, height, frames, fps],
-             [job_id, progress, video, used_control, settings, shown], api_visibility="private")
+    mask_in = mask_state if mask_state is not None else gr.State(None)
+    go.click(panel_guard(submit, 7, 1, refused, {0: None}),
+             [prompt, negative, pre_result, kind, control_strength, ic_choice, ic_strength, lora_table, attention,
+              use_mask, mask_in, image, image_strength, model, schedule, steps, cfg, stages, tier, seed, width,
+              height, frames, fps],
+             [job_id, progress, video, used_control, settings, shown, status], **priv)
 
     def poll(jid, already, request: gr.Request):
+        if not jid or already == jid:  # no job, or its result is on screen: leave the panel alone
+            return (gr.skip(),) * 6 + (already,)
         prog, prev, vid, sett, note = job_view(ctx, jid, request)
         if vid is None:
-            return prog, prev, gr.skip(), gr.skip(), gr.skip(), note, already
-        if already == jid:  # result on screen: do not reload the players every second
-            return prog, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), already
+            return prog, prev, gr.skip(), gr.skip(), gr.skip(), note or gr.skip(), already
+        if already == jid:  # result on screen: leave the panel alone (no player reloads; a refusal stays)
+            return (gr.skip(),) * 6 + (already,)
         job = ctx.jobs.get(jid, ctx.owner(request))
         ctl = ((job.request or {}).get("controls") or [{}])[0].get("path")
         if ctl and Path(ctl).suffix.lower() in IMAGE_EXTS:
             ctl = None  # a still reference (trained face LoRA): it is on screen as the control frame already
+        if not (job.request or {}).get("loras"):
+            note = (note + "\n\n" if note else "") + "⚠️ Made without an IC-LoRA: the control was ignored."
         return prog, prev, vid, ctl, sett, note, jid
 
     timer.tick(guard(poll), [job_id, shown], [progress, preview, video, used_control, settings, status, shown],
-               api_visibility="private", show_progress="hidden")
+               show_progress="hidden", **priv)
 
-    @guard
     def do_cancel(jid, request: gr.Request):
         if jid:
             ctx.jobs.cancel(jid, ctx.owner(request))
         return job_view(ctx, jid, request)[0]
 
-    cancel.click(do_cancel, job_id, progress, api_visibility="private")
+    cancel.click(guard(do_cancel), job_id, progress, **priv)
 
-    # ---- hand-offs
-    def send(path, what):
-        if not path:
-            raise UserError(f"no {what} yet")
-        return path, f"Sent {Path(path).name}: open the Mask painter or Motion tracks tab."
+    # ---- hand-offs: the result becomes the studio clip; a trained LoRA arrives from the Face trainer
+    def send(path, jid, request: gr.Request):
+        if not path or not jid:
+            raise UserError("no result video yet: generate first")
+        r = (ctx.jobs.get(jid, ctx.owner(request)).request or {})
+        studio_clip = {"clip": path, "control": None, "kind": None, "width": r.get("width"),
+                       "height": r.get("height"), "frames": r.get("frames"), "fps": r.get("fps", 24.0),
+                       "downscale": 1, "source": f"{TITLE} result"}
+        return studio_clip, (f"{Path(path).name} is now the studio clip: the Mask painter and Motion tracks tabs "
+                             "use it with their 'Use the studio clip' buttons.")
 
-    if "clip" in shared:
-        send_clip.click(guard(lambda v: send(v, "result video")), video, [shared["clip"], sent],
-                        api_visibility="private")
-    if "control_video" in shared:
-        send_control.click(guard(lambda r: send((r or {}).get("control"), "control video")), pre_result,
-                           [shared["control_video"], sent], api_visibility="private")
-    if "lora" in shared:  # "Use in generator" from the Face trainer: its checkpoint + reference still
+    if clip_state is not None:
+        send_clip.click(panel_guard(send, 2, 1), [video, job_id], [clip_state, sent], **priv)
+
+    if lora_state is not None:  # "Use in generator" from the Face trainer: its checkpoint + reference still
         def take_lora(d):
             if not d:
-                return (gr.skip(),) * 6
+                return (gr.skip(),) * 7
             res = {"control": d["reference_image"], "reference_still": True}
             note = (f"Using trained IC-LoRA **{html.escape(d.get('name', Path(d['path']).name))}** with its reference "
                     "image as the control (a still: one latent frame). Write a prompt and generate.")
-            return (d["path"], res, note, d["reference_image"], progress_html(1, "reference image ready", "done"),
-                    "passthrough")
+            return (gr.update(choices=handoff.with_choice(ic_options, d["path"]), value=d["path"]), res, note,
+                    d["reference_image"], progress_html(1, "reference image ready", "done"), "passthrough",
+                    ic_note(d["path"]))
 
-        shared["lora"].change(guard(take_lora), shared["lora"], [ic_upload, pre_result, pre_report, ctl_frame,
-                                                                  pre_progress, kind], api_visibility="private")
-    return {"clip": clip, "kind": kind, "make": make, "prompt": prompt, "settings_json": json}
+        lora_state.change(guard(take_lora), lora_state, [ic_choice, pre_result, pre_report, ctl_frame, pre_progress,
+                                                         kind, ic_note_md], **priv)
+
+    # ---- History's "Reuse settings": every field of a past Union job, its control, LoRAs and mask included
+    reuse_outputs = [prompt, negative, pre_result, pre_report, control_video, pre_progress, kind, control_strength,
+                     ic_choice, ic_strength, lora_table, attention, use_mask, image, image_strength, model, schedule,
+                     steps, cfg, stages, tier, seed, width, height, frames, fps, ic_note_md,
+                     mask_state if mask_state is not None else gr.State()]
+
+    def apply_request(d: dict) -> list:
+        r = GenerateRequest.from_dict(d)
+        c = r.controls[0] if r.controls else None
+        from pipelines.fit import is_ic_lora
+
+        # build_request puts the IC-LoRA first and the extra stack after it
+        ic_lo = r.loras[0] if r.loras and is_ic_lora(r.loras[0].path) else None
+        ic_path = ic_lo.path if ic_lo else None
+        extra = [[lo.path, lo.weight] for lo in r.loras if lo is not ic_lo] or [["", 1.0]]
+        d_ = handoff.downscale_of(ic_path)
+        mask = ({"path": r.mask, "width": r.width, "height": r.height, "frames": r.frames, "downscale": d_,
+                 "strength": r.attention_strength} if r.mask else None)
+        kind_v = c.kind.value if c and c.kind and c.kind.value in KINDS else "passthrough"
+        res = {"control": c.path} if c else None
+        return [r.prompt, r.negative_prompt, res,
+                f"Control from the reused job: {Path(c.path).name}" if c else "", c.path if c else None,
+                progress_html(1, "control from History", "done") if c else progress_html(0, "no control yet", "idle"),
+                kind_v, c.strength if c else 1.0,
+                gr.update(choices=handoff.with_choice(ic_options, ic_path), value=ic_path or handoff.NONE),
+                ic_lo.weight if ic_lo else 1.0, extra, r.attention_strength, bool(r.mask),
+                r.image if r.image and Path(r.image).is_file() else None, r.image_strength,
+                r.model if r.model in (choices or ["tiny"]) else gr.skip(), r.schedule.value, r.steps,
+                r.guidance_scale, r.stages, r.tier.value, r.seed, r.width, r.height, r.frames, r.fps,
+                ic_note(ic_path), mask]
+
+    return {"clip": clip, "kind": kind, "make": make, "prompt": prompt, "settings_json": json,
+            "reuse": {"outputs": reuse_outputs, "apply": apply_request}}
