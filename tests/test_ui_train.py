@@ -88,8 +88,12 @@ def test_train_job_stop_continue_and_hand_off(studio_server, clips, tmp_path):
     assert (run / "lora.safetensors").is_file() and (run / "loss.jsonl").is_file()
 
     # the view the tab polls: progress, loss frame, gallery of samples, checkpoint choices
-    prog, frame, gal, choices, note, sig = tab.run_view(ctx, jid, owner, None)
-    assert "done" in prog and len(frame[frame.series == "loss"]) == first["step"]
+    prog, plot, gal, choices, note, sig = tab.run_view(ctx, jid, owner, None)
+    # a stopped run reads "stopped at step k/6" at k/6, not "done 100%" (issue 13)
+    assert 'data-status="stopped"' in prog and f"stopped at step {first['step']}/6" in prog and "100%" not in prog
+    assert plot.count('class="pt-loss"') == first["step"] and 'data-series="smoothed"' in plot
+    frame = tab.loss_frame(run)
+    assert len(frame[frame.series == "loss"]) == first["step"]
     assert gal and all(Path(p).name == "sample.mp4" for p, _ in gal)
     assert choices["value"].endswith("lora.safetensors") and "stopped" in note
 

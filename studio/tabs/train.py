@@ -11,7 +11,6 @@ are in studio.kinds.train; this module holds the layout, the events and the data
 """
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import gradio as gr
@@ -19,7 +18,7 @@ import gradio as gr
 from pipelines.errors import UserError
 from studio.kinds.train import (CLIP_TYPES, TINY_OVERRIDES, checkpoints, continue_run, control_file, owned_path,
                                 run_dir_of, stage_dataset, train_request)
-from studio.ui import guard, progress_html
+from studio.ui import guard, panel_guard, progress_html, readable, refused
 
 TITLE = "Face trainer"
 
@@ -92,8 +91,9 @@ def loss_frame(run: Path):
     from pipelines.training.trainer import read_losses
 
     rows = read_losses(run)
-    if not rows:
-        return pd.DataFrame({"step": [], "loss": [], "series": []})
+    if not rows:  # typed columns: an empty frame would otherwise make "series" a float column
+        return pd.DataFrame({"step": pd.Series([], dtype="int64"), "loss": pd.Series([], dtype="float64"),
+                             "series": pd.Series([], dtype="object")})
     steps = [r["step"] for r in rows]
     losses = [r["loss"] for r in rows]
     ema, out = None, []
@@ -104,12 +104,80 @@ def loss_frame(run: Path):
                          "series": ["loss"] * len(steps) + ["smoothed"] * len(steps)})
 
 
+LOSS_COLOURS = {"loss": "#94a3b8", "smoothed": "#f97316"}
+
+
+def loss_svg(frame, width: int = 600, height: int = 220) -> str:
+    """The loss curve drawn from its first point: every logged step is a dot, consecutive steps a line, two named
+    series (loss, smoothed) in a legend, the axes labelled with their real ranges. Plain SVG in gr.HTML (no plot
+    library state to go stale between a live session and a reload)."""
+    import html as _html
+    import math
+
+    left, right, top, bottom = 56, 12, 28, 30
+    pw, ph = width - left - right, height - top - bottom
+    rows = {name: frame[frame.series == name] for name in ("loss", "smoothed")} if len(frame) else {}
+    finite = [float(v) for v in frame["loss"] if math.isfinite(float(v))] if len(frame) else []
+    parts = [f'<svg class="loss-svg" viewBox="0 0 {width} {height}" width="100%" role="img" '
+             f'aria-label="training loss" xmlns="http://www.w3.org/2000/svg">',
+             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#d1d5db"/>']
+    if not finite:
+        parts.append(f'<text x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle" fill="#6b7280" '
+                     'font-size="13">the loss appears here from the first step</text></svg>')
+        return "".join(parts)
+    steps = [int(v) for v in frame["step"]]
+    x0, x1 = min(steps), max(steps)
+    y0, y1 = min(finite), max(finite)
+    if y1 - y0 < 1e-12:
+        y0, y1 = y0 - 0.5 * abs(y0 or 1), y1 + 0.5 * abs(y1 or 1)
+
+    def xy(step, val):
+        x = left + (pw * (step - x0) / (x1 - x0) if x1 > x0 else pw / 2)
+        y = top + ph * (1 - (val - y0) / (y1 - y0))
+        return round(x, 1), round(y, 1)
+
+    for label, val, y in ((f"{y1:.4g}", y1, top), (f"{y0:.4g}", y0, top + ph)):
+        parts.append(f'<text x="{left - 6}" y="{y + 4}" text-anchor="end" font-size="11" fill="#6b7280">{label}</text>')
+    parts.append(f'<text x="{left}" y="{height - 8}" font-size="11" fill="#6b7280">step {x0}</text>')
+    parts.append(f'<text x="{left + pw}" y="{height - 8}" text-anchor="end" font-size="11" fill="#6b7280">'
+                 f'step {x1}</text>')
+    for k, (name, sub) in enumerate(rows.items()):
+        colour = LOSS_COLOURS[name]
+        pts = [xy(int(s_), float(v)) for s_, v in zip(sub["step"], sub["loss"]) if math.isfinite(float(v))]
+        if len(pts) > 1:
+            parts.append(f'<polyline class="series-{name}" data-series="{name}" fill="none" stroke="{colour}" '
+                         f'stroke-width="{2 if name == "smoothed" else 1.2}" '
+                         f'points="{" ".join(f"{x},{y}" for x, y in pts)}"/>')
+        r = 2.5 if len(pts) < 60 else 1.2
+        parts += [f'<circle class="pt-{name}" cx="{x}" cy="{y}" r="{r}" fill="{colour}"/>' for x, y in pts]
+        lx = left + 8 + k * 110
+        parts.append(f'<line x1="{lx}" y1="14" x2="{lx + 18}" y2="14" stroke="{colour}" stroke-width="3"/>'
+                     f'<text x="{lx + 24}" y="18" font-size="12" fill="currentColor">{_html.escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def final_state(job) -> tuple[str, float, str]:
+    """(status, fraction, message) as the progress line shows a run: a run stopped with Stop is "stopped at step
+    14/400" (its fraction stays 14/400), not "done 100%"; a failed run reads "failed: <reason>"."""
+    status = job.status.value
+    res = job.result or {}
+    if status == "done":
+        step, total = int(res.get("step") or 0), int(res.get("total") or 0)
+        if res.get("stopped"):
+            return "stopped", step / max(total, 1), f"stopped at step {step}/{total} (a checkpoint was saved)"
+        return "done", 1.0, f"finished {step}/{total} steps · {res.get('seconds_per_step', 0):.2f} s/step"
+    if status in ("failed", "cancelled", "interrupted"):
+        return status, job.progress, readable(job.error or job.message or "")
+    return status, job.progress, job.message or ("waiting for its turn" if status == "queued" else "")
+
+
 def run_view(ctx, job_id: str | None, owner: str, shown_sig: str | None):
-    """(progress html, loss frame, gallery or skip, checkpoint choices, status md, signature)."""
+    """(progress html, loss plot html, gallery or skip, checkpoint choices, status md, signature)."""
     from studio.jobs import JobNotFound
 
-    if not job_id:
-        return progress_html(0, "no training run yet", "idle"), gr.skip(), gr.skip(), gr.skip(), "", shown_sig
+    if not job_id:  # nothing to show, or a refused start's reason is on the line: leave the panel as it is
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), shown_sig
     try:
         job = ctx.jobs.get(job_id, owner)
     except JobNotFound:
@@ -120,18 +188,16 @@ def run_view(ctx, job_id: str | None, owner: str, shown_sig: str | None):
     gallery = [(c["sample"], f"step {c['step']}") for c in cks if c["sample"]] if sig != shown_sig else gr.skip()
     choices = gr.update(choices=[(f"step {c['step']}", c["lora"]) for c in cks],
                         value=cks[-1]["lora"] if cks else None) if sig != shown_sig else gr.skip()
-    status = job.status.value
+    status, fraction, message = final_state(job)
     note = f"Run `{job.id[:8]}` · {status} · folder `{run.name}`"
-    if job.error:
-        note += f"\n\n**{html.escape(job.error)}**"
     res = job.result or {}
-    if status == "done":
+    if job.status.value == "done":
         note += (f"\n\nFinished at step {res.get('step')}/{res.get('total')}"
                  + (" (stopped)" if res.get("stopped") else "")
                  + f" · {res.get('seconds_per_step', 0):.2f} s/step · exported `lora.safetensors`")
-    if status in ("interrupted", "failed", "cancelled") and cks:
+    if status in ("interrupted", "failed", "cancelled", "stopped") and cks:
         note += "\n\nPress **Continue** to resume from the last checkpoint."
-    return (progress_html(job.progress, job.message or "", status), loss_frame(run), gallery, choices, note, sig)
+    return (progress_html(fraction, message, status), loss_svg(loss_frame(run)), gallery, choices, note, sig)
 
 
 def hand_off(ctx, job_id: str | None, owner: str, lora: str | None) -> dict:
@@ -145,10 +211,33 @@ def hand_off(ctx, job_id: str | None, owner: str, lora: str | None) -> dict:
     if not ref.is_file():
         raise UserError("this run has no reference image yet (it is written before the first step)")
     step = lora_path.parent.name.removeprefix("step_").lstrip("0") or "0"
-    return {"path": str(lora_path), "reference_image": str(ref), "name": f"run {run.parent.name[:8]} · step {step}"}
+    from pipelines.fit import lora_downscale
+
+    return {"path": str(lora_path), "reference_image": str(ref), "name": f"run {run.parent.name[:8]} · step {step}",
+            "downscale": lora_downscale([str(lora_path)])}
 
 
 # ---------------------------------------------------------------------------------------------- the tab
+
+TINY_STEPS, TINY_EVERY = 20, 10  # the tiny model's first run: a CPU smoke test of the whole path
+
+
+def recipe_text(model: str) -> str:
+    """The recipe as the fields show it: the real face recipe, and on the tiny model what is overridden and why."""
+    from pipelines.training.recipe import load_preset
+
+    face = load_preset("face")
+    real = (f"Face recipe (LTX-2.3): rank {face.rank}, alpha {face.alpha:g}, lr {face.lr:g}, {face.steps} steps with a "
+            f"checkpoint + sample every {face.checkpoint_every} "
+            f"({'/'.join(str(s) for s in face.recommended_steps)}); 500 is the usual pick, 750-1000 sharpen at the "
+            "risk of overfitting.")
+    if model != "tiny":
+        return real
+    o = TINY_OVERRIDES
+    return (real + f" **On the tiny test model** the fields start at {TINY_STEPS} steps with a checkpoint every "
+            f"{TINY_EVERY}, and clips train at {int(o['target_area'] ** 0.5)}x{int(o['target_area'] ** 0.5)}, "
+            f"{o['max_frames']} frames: a few-minute CPU run of the same path (its samples are noise).")
+
 
 def build(ctx):
     from pipelines.training.recipe import load_preset
@@ -156,7 +245,8 @@ def build(ctx):
 
     available, why = training_available()
     face = load_preset("face")
-    tiny = ctx.config.model == "tiny"
+    models = _models(ctx)
+    tiny = models[0] == "tiny"
     if not available:
         gr.Markdown(f"⚠️ {why}", elem_id="train-unavailable")
     gr.Markdown("Train an identity IC-LoRA from 15-40 clips of one subject (a face, a pet, a product). "
@@ -166,31 +256,32 @@ def build(ctx):
     with gr.Row():
         with gr.Column(scale=3):
             files = gr.File(label="Clips (videos with optional caption .txt of the same name, or one .zip)",
-                            file_count="multiple", file_types=CLIP_TYPES, elem_id="train-files")
+                            file_count="multiple", file_types=CLIP_TYPES, elem_id="train-files", height=160)
+            with gr.Row():
+                sample_btn = gr.Button("Use the sample clips (4 short clips, to try the path)", size="sm",
+                                       elem_id="train-sample-clips")
             trigger = gr.Textbox(label="Trigger word (optional)", placeholder="e.g. sks person", elem_id="train-trigger")
             check = gr.Button("Check dataset", elem_id="train-check")
             report = gr.Markdown(elem_id="train-report")
             refs = gr.Gallery(label="References (target ← source clip)", columns=5, height=220,
                               elem_id="train-refs", object_fit="contain")
-            with gr.Row():
-                ref_clip = gr.Dropdown([], label="Replace the reference of clip", scale=2)
-                ref_image = gr.Image(label="with this image", type="filepath", sources=["upload"], height=120,
-                                     scale=2)
-                ref_apply = gr.Button("Replace", size="sm", scale=1)
+            with gr.Row(equal_height=True):
+                ref_clip = gr.Dropdown([], label="Replace the reference of clip", scale=2, min_width=160)
+                ref_image = gr.Image(label="with this image", type="filepath", sources=["upload"], height=140,
+                                     scale=2, min_width=200)
+                ref_apply = gr.Button("Replace", size="sm", scale=1, min_width=90)
         with gr.Column(scale=3):
             with gr.Row():
                 preset = gr.Dropdown(["face"], value="face", label="Preset")
-                model = gr.Dropdown(_models(ctx), value=_models(ctx)[0], label="Base model")
+                model = gr.Dropdown(models, value=models[0], label="Base model", elem_id="train-model")
             with gr.Row():
-                steps = gr.Number(face.steps if not tiny else 40, label="Steps", precision=0, minimum=1,
+                steps = gr.Number(face.steps if not tiny else TINY_STEPS, label="Steps", precision=0, minimum=1,
                                   elem_id="train-steps")
-                every = gr.Number(face.checkpoint_every if not tiny else 20, label="Checkpoint + sample every",
+                every = gr.Number(face.checkpoint_every if not tiny else TINY_EVERY, label="Checkpoint + sample every",
                                   precision=0, minimum=0, elem_id="train-every")
                 rank = gr.Number(face.rank, label="Rank", precision=0, minimum=1)
                 lr = gr.Number(face.lr, label="Learning rate", minimum=0)
-            gr.Markdown(f"Face recipe: rank {face.rank}, alpha {face.alpha:g}, lr {face.lr:g}, checkpoints "
-                        f"{'/'.join(str(s) for s in face.recommended_steps)}; 500 is the usual pick, 750-1000 "
-                        "sharpen at the risk of overfitting.")
+            recipe_md = gr.Markdown(recipe_text(models[0]), elem_id="train-recipe")
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", interactive=available, elem_id="train-start")
                 cont = gr.Button("Continue", interactive=available, elem_id="train-continue")
@@ -200,13 +291,14 @@ def build(ctx):
                 stop = gr.Button("Stop", size="sm", variant="stop", elem_id="train-stop")
             progress = gr.HTML(progress_html(0, "no training run yet", "idle"), elem_id="train-progress")
             status = gr.Markdown(elem_id="train-status")
-            plot = gr.LinePlot(x="step", y="loss", color="series", label="Loss", height=220, elem_id="train-loss")
+            plot = gr.HTML(loss_svg(loss_frame(Path("/nonexistent"))), label="Loss", elem_id="train-loss")
             samples = gr.Gallery(label="Checkpoint samples (reference | sample)", columns=2, height=260,
                                  elem_id="train-samples")
-            with gr.Row():
+            with gr.Row(equal_height=True):
                 ckpt = gr.Dropdown([], label="Checkpoint", elem_id="train-ckpt", scale=2)
                 use = gr.Button("Use in generator", elem_id="train-use", scale=1)
-            ckpt_file = gr.File(label="Checkpoint LoRA (ComfyUI-compatible .safetensors)", interactive=False)
+            ckpt_file = gr.File(label="Checkpoint LoRA (ComfyUI-compatible .safetensors)", interactive=False,
+                                height=80)
             note = gr.Markdown(elem_id="train-note")
 
     data = gr.State(None)
@@ -220,43 +312,67 @@ def build(ctx):
         path, text, gallery, names = check_dataset(ctx, ctx.owner(request), fs, trig, pre, model_)
         return path, text, gallery, gr.update(choices=names, value=names[0] if names else None), {}
 
-    check.click(guard(do_check), [files, trigger, preset, model], [data, report, refs, ref_clip, overrides], **priv)
+    check_outputs = [data, report, refs, ref_clip, overrides]
+    check.click(panel_guard(do_check, 5, 1), [files, trigger, preset, model], check_outputs, **priv)
+
+    def do_sample(trig, pre, model_, request: gr.Request):
+        """The bundled sample clips, made in the user's folder and checked like an upload (no file to find)."""
+        from pipelines.training.sample import make_sample_dataset
+
+        owner = ctx.owner(request)
+        clips = make_sample_dataset(ctx.user_dir(owner, "samples") / "face-clips")
+        path, text, gallery, names = check_dataset(ctx, owner, [str(p) for p in clips], trig or "subj", pre, model_)
+        text = ("Sample clips (cut from the bundled sample video; not a face: a smoke test of the path).\n\n" + text)
+        return path, text, gallery, gr.update(choices=names, value=names[0] if names else None), {}, trig or "subj"
+
+    sample_btn.click(panel_guard(do_sample, 6, 1), [trigger, preset, model], check_outputs + [trigger], **priv)
 
     def do_replace(path, clip, img, ov, trig, pre, model_, request: gr.Request):
-        return replace_reference(ctx, ctx.owner(request), path, clip, img, ov, trig, pre, model_)
+        gallery, ov2 = replace_reference(ctx, ctx.owner(request), path, clip, img, ov, trig, pre, model_)
+        return gallery, ov2, ""
 
-    ref_apply.click(guard(do_replace), [data, ref_clip, ref_image, overrides, trigger, preset, model], [refs, overrides],
-                    **priv)
+    ref_apply.click(panel_guard(do_replace, 3, 2), [data, ref_clip, ref_image, overrides, trigger, preset, model],
+                    [refs, overrides, report], **priv)
+
+    def on_model(m):
+        t = m == "tiny"
+        return (recipe_text(m), TINY_STEPS if t else face.steps, TINY_EVERY if t else face.checkpoint_every)
+
+    model.change(guard(on_model), model, [recipe_md, steps, every], **priv)
 
     def do_start(path, ov, trig, pre, model_, steps_, every_, rank_, lr_, request: gr.Request):
         if not available:
             raise UserError(why)
         if not path:
-            raise UserError("check the dataset first (upload clips, then 'Check dataset')")
+            raise UserError("check the dataset first (upload clips or use the sample clips, then 'Check dataset')")
         overrides_ = {"steps": int(steps_), "checkpoint_every": int(every_), "sample_every": int(every_),
                       "rank": int(rank_), "alpha": float(rank_), "lr": float(lr_)}
         req = train_request({"preset": pre, "model": model_, "trigger": trig or None, "overrides": overrides_,
                              "reference_overrides": dict(ov or {})}, path)
         jid = ctx.submit(ctx.owner(request), "train", req)
-        return jid, progress_html(0, "queued", "queued"), None
+        return jid, progress_html(0, "waiting for its turn", "queued"), None
 
-    start.click(guard(do_start), [data, overrides, trigger, preset, model, steps, every, rank, lr],
-                [job_id, progress, sig], **priv)
+    start.click(panel_guard(do_start, 3, 1, refused, {0: None}), [data, overrides, trigger, preset, model, steps, every, rank,
+                                                       lr], [job_id, progress, sig], **priv)
 
     def do_continue(jid, request: gr.Request):
-        return continue_run(ctx, jid, ctx.owner(request)), None
+        return (continue_run(ctx, jid, ctx.owner(request)), None, progress_html(0, "waiting for its turn", "queued"),
+                "")
 
-    cont.click(guard(do_continue), job_id, [job_id, sig], **priv)
+    # a refusal goes to the note: the progress line keeps showing the run it refers to
+    cont.click(panel_guard(do_continue, 4, 3), job_id, [job_id, sig, progress, note], **priv)
 
     def poll(jid, s, request: gr.Request):
         return run_view(ctx, jid, ctx.owner(request), s)
 
     timer.tick(guard(poll), [job_id, sig], [progress, plot, samples, ckpt, status, sig], show_progress="hidden",
                **priv)
+
     def control(name):
         def fn(jid, request: gr.Request):
             return control_file(ctx, jid, ctx.owner(request), name)
-        return guard(fn)
+        fn.__name__ = f"control_{name}"
+        return panel_guard(fn, 1, 0)
 
     for btn, name in ((sample_now, "sample_now"), (save_now, "save_now"), (stop, "stop")):
         btn.click(control(name), job_id, note, **priv)
@@ -266,10 +382,11 @@ def build(ctx):
 
     def do_use(jid, lora, request: gr.Request):
         d = hand_off(ctx, jid, ctx.owner(request), lora)
-        return d, f"Sent `{d['name']}` with its reference image to the Union tab: open it and generate."
+        return d, (f"Sent `{d['name']}` with its reference image to **Union control** (and the Mask painter): "
+                   "open Union control and press Generate.")
 
     if lora_state is not None:
-        use.click(guard(do_use), [job_id, ckpt], [lora_state, note], **priv)
+        use.click(panel_guard(do_use, 2, 1), [job_id, ckpt], [lora_state, note], **priv)
     return {"files": files, "start": start, "job_id": job_id, "ckpt": ckpt}
 
 
