@@ -50,7 +50,8 @@ def build(ctx):
     models_dir = ctx.models_dir
     gr.Markdown(f"Models folder: `{models_dir or '(none: pass --models-dir or set ICLORA_MODELS_DIR)'}`")
     table = gr.Dataframe(headers=["model", "kind", "status", "component", "expected", "found", "path"],
-                         value=status_rows(models_dir), interactive=False, wrap=True, label="Model status")
+                         value=status_rows(models_dir), interactive=False, wrap=True, label="Model status",
+                         column_widths=["15%", "11%", "11%", "11%", "30%", "8%", "14%"], elem_id="models-table")
     files = gr.Dataframe(headers=["file", "repository", "~GB", "here", "what it is for"],
                          value=catalog_rows(models_dir), interactive=False, wrap=True,
                          label="Official LTX-2.3 files (Lightricks' MODELS-LTX-2.3.md)")
@@ -119,6 +120,12 @@ def build(ctx):
         f = gr.Number(121, label="frames", precision=0)
         r = gr.Number(1, label="references", precision=0)
     tiers = gr.Dataframe(headers=["tier", "peak GB", "weights GB", "activations GB"], value=tier_table(768, 512, 121, 1),
-                         interactive=False)
+                         interactive=False, elem_id="models-tiers")
+    gr.Markdown("**peak GB**: the most GPU memory the run is predicted to hold at once: the weights kept on the GPU "
+                "in that tier plus the largest activation set (the transformer at this many tokens, or the VAE "
+                "decode) plus a fixed CUDA margin, or the text encoder's visit if that is larger. **weights GB**: the "
+                "weights resident on the GPU (fp8 halves them; offload tiers keep most in CPU memory). "
+                "**activations GB**: the working memory of one step at this size. Pick a tier whose peak fits your "
+                "GPU's free memory; `auto` does that at run time.", elem_classes=["demo-note"])
     for comp in (w, h, f, r):
         comp.change(guard(tier_table), [w, h, f, r], tiers, api_visibility="private")
