@@ -248,6 +248,9 @@ def build_request(value: str | None, lora: str | None, image: str | None, prompt
         controls=[ControlInput(path=str(control or ""), strength=float(strength), kind=ControlKind.MOTION_TRACK)],
         loras=[LoraSpec(path=str(lora), weight=1.0)]).validate()
     active().check_generate(req.to_dict())  # the size limits, before anything is rendered
+    from pipelines.fit import check_request
+
+    check_request(req.to_dict())  # the size for the IC-LoRA's D (64 for a D=2 Motion-Track file), before the render
     return req
 
 
