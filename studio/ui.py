@@ -28,7 +28,7 @@ def progress_html(fraction: float, message: str, status: str) -> str:
         head = "not started" if status == "refused" else status
         label = f"{head}: {message}" if message else head
     else:
-        label = f"{status} · {message} · {pct:.0f}%" if message else f"{status} · {pct:.0f}%"
+        label = f"{status} · {message} · {pct:.0f}%" if message and message != status else f"{status} · {pct:.0f}%"
     text = html.escape(label)
     return (f'<div class="job-progress {cls}" role="progressbar" aria-valuenow="{pct:.0f}" '
             f'data-status="{html.escape(status)}" title="{text}"><div class="bar" style="width:{pct:.1f}%"></div>'
@@ -165,4 +165,6 @@ CSS = """
   font-size:14px}
 .tiny-notice{border:1px solid #f59e0b;background:#fffbeb;color:#92400e;padding:8px 12px;border-radius:6px}
 .demo-note{font-size:13px;color:var(--body-text-color-subdued,#6b7280)}
+#train-report pre,#train-report code{white-space:pre-wrap !important;word-break:break-word}
+.backends-table code{word-break:break-all}
 """

@@ -354,3 +354,56 @@ def test_history_reuse_of_a_union_job_regenerates_the_same_video(studio, union_r
                  if json.loads(p.with_suffix(".json").read_text()) == first)
     out_b = sorted((studio.outputs / "local").glob("*/output.mp4"), key=lambda p: p.stat().st_mtime)[-1]
     np.testing.assert_array_equal(frames_of(out_a), frames_of(out_b))  # the same video
+
+
+# ------------------------------------------------------------------------------------------- every tab, two sizes
+
+LINES_JS = """(sel) => Array.from(document.querySelectorAll(sel)).map(el => {
+    const r = document.createRange(); r.selectNodeContents(el);
+    const tops = Array.from(r.getClientRects()).filter(x => x.width > 0).map(x => x.top).sort((a, b) => a - b);
+    let lines = tops.length ? 1 : 0;  // line boxes: tops more than 8 px apart (inline code sits a little off)
+    for (let i = 1; i < tops.length; i++) if (tops[i] - tops[i - 1] > 8) lines++;
+    return [el.innerText.trim(), lines];
+})"""
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (1920, 1080)])
+def test_every_tab_fits_at_common_window_sizes(studio, page, size):
+    """Screenshots of every tab (artifacts/tab-<name>-<width>.png, looked at) and what can be measured of the
+    issues found by eye: nothing wider than the window, header cells on one line (no letter-by-letter
+    wrapping), the tables' last column inside their frame, upload buttons whole, progress lines on one line."""
+    page.set_viewport_size({"width": size[0], "height": size[1]})
+    page.goto(studio.url, wait_until="load")
+    for title, name in (("Generate", "generate"), ("Union control", "union"), ("Motion tracks", "tracks"),
+                        ("Mask painter", "masks"), ("Face trainer", "train"), ("History", "history"),
+                        ("Models", "models")):
+        page.get_by_role("tab", name=title).click()
+        page.wait_for_timeout(1200)
+        if name == "union":
+            page.get_by_text("Control backends on this machine").click()
+            page.wait_for_timeout(300)
+        if name == "history":
+            page.click("#hist-refresh")
+            page.wait_for_timeout(1500)
+        screenshot(page, f"tab-{name}-{size[0]}")
+        overflow = page.evaluate("document.scrollingElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"{title}: the page is {overflow}px wider than the window"
+        for sel in ("#hist-table th .header", "#models-table th .header", "#models-files th .header",
+                    "#models-tiers th .header", "#mask-keys th .header"):
+            for text, lines in page.evaluate(LINES_JS, sel):
+                assert lines <= 1, f"{title}: header {text!r} wraps onto {lines} lines"
+        for sel in ("#hist-table", "#models-table", "#models-files"):
+            if page.locator(sel).count() and page.locator(sel).first.is_visible():
+                frame = page.locator(sel).first.bounding_box()
+                last = page.locator(f"{sel} th").last.bounding_box()
+                assert last["x"] + last["width"] <= frame["x"] + frame["width"] + 2, f"{sel}: last column cut"
+        for text, lines in page.evaluate(LINES_JS, ".job-progress:not(.bad) .label"):
+            assert lines <= 1, f"{title}: progress line {text!r} wraps"
+        for text, lines in page.evaluate(LINES_JS, ".backends-table li"):
+            assert lines <= 6, f"{title}: {text!r} breaks into {lines} lines"
+        for sel in ("#union-ic-upload", "#mask-upload", "#tracks-lora-upload", "#tracks-import"):
+            btn = page.locator(sel)
+            if btn.count() and btn.first.is_visible():
+                whole = btn.first.evaluate("el => el.scrollHeight <= el.clientHeight + 1 && "
+                                           "el.scrollWidth <= el.clientWidth + 1")
+                assert whole, f"{title}: {sel} is clipped"

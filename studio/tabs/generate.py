@@ -116,6 +116,7 @@ def build(ctx):
                 frames = gr.Number(size.frames, label="Frames (8n+1)", precision=0, minimum=1, step=8,
                                    elem_id="gen-frames")
                 fps = gr.Number(size.fps, label="FPS", minimum=1, maximum=120)
+            gr.Markdown(f"Size: {size_hint(1)}.", elem_classes=["demo-note"])
             with gr.Accordion("Sampling", open=False):
                 with gr.Row():
                     model = gr.Dropdown(choices, value=default_model, label="Model")
@@ -125,7 +126,6 @@ def build(ctx):
                     steps = gr.Slider(1, 60, value=30, step=1, label="Steps (full schedule)")
                     cfg = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="CFG (full schedule)")
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="gen-seed")
-            gr.Markdown(f"Size: {size_hint(1)}.", elem_classes=["demo-note"])
             vram = gr.Markdown(vram_text(default_model, "auto", size.width, size.height, size.frames), elem_id="gen-vram")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="gen-go")

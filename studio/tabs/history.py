@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.ui import guard, panel_guard, progress_html
+from studio.ui import guard, panel_guard, progress_html, readable
 
 TITLE = "History"
 POLL_S = 2.0
@@ -32,7 +32,7 @@ def _summary(job) -> str:
         size = f"{r.get('width')}x{r.get('height')}x{r.get('frames')}"
         prompt = str(r.get("prompt", ""))
         return f"{size} seed {r.get('seed')} · {prompt[:60]}{'…' if len(prompt) > 60 else ''}"
-    return ", ".join(f"{k}={v}" for k, v in list(r.items())[:4])[:90]
+    return readable(", ".join(f"{k}={v}" for k, v in list(r.items())[:4]))[:90]  # uploads by file name
 
 
 def job_rows(jobs) -> list[list]:
@@ -40,7 +40,7 @@ def job_rows(jobs) -> list[list]:
     rows = []
     for j in jobs:
         dur = f"{j.elapsed:.1f} s" if j.elapsed is not None else ""
-        rows.append([j.id, j.kind, j.status.value, round(100 * float(j.progress or 0)), j.error or j.message or "",
+        rows.append([j.id, j.kind, j.status.value, round(100 * float(j.progress or 0)), readable(j.error or j.message or ""),
                      _when(j.created), dur, _summary(j)])
     return rows
 
@@ -141,8 +141,10 @@ def build(ctx):
     with gr.Row():
         refresh = gr.Button("Refresh", size="sm", elem_id="hist-refresh")
     running = gr.HTML("<i>no running jobs</i>", elem_id="hist-running")
-    table = gr.Dataframe(headers=["id", "kind", "status", "progress %", "message", "created", "time", "settings"],
-                         value=[], interactive=False, wrap=True, label="Your jobs", elem_id="hist-table")
+    table = gr.Dataframe(headers=["id", "kind", "status", "progress", "message", "created", "time", "settings"],
+                         value=[], interactive=False, wrap=True, label="Your jobs (progress in %)",
+                         elem_id="hist-table",
+                         column_widths=["13%", "8%", "8%", "8%", "22%", "12%", "7%", "22%"])
     gallery = gr.Gallery(label="Your outputs", columns=4, height=320, elem_id="hist-gallery", allow_preview=True)
     with gr.Row():
         with gr.Column(scale=2):

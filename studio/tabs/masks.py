@@ -293,11 +293,12 @@ def build(ctx):
             note = gr.Markdown(elem_id="mask-note")
             with gr.Row():
                 render = gr.Button("Play preview (video)", size="sm")
-                use = gr.Button("Use this mask (in Union control)", variant="primary", elem_id="mask-use")
+                use = gr.Button("Use this mask", variant="primary", elem_id="mask-use")
             saved = gr.Markdown(elem_id="mask-saved")
             play = gr.Video(label="Preview: pixels | latent tokens", interactive=False, height=180,
                             elem_id="mask-play")
-            npy_file = gr.File(label="Download mask (.npy)", interactive=False, elem_id="mask-file", height=80)
+            npy_file = gr.File(label="Download mask (.npy)", interactive=False, elem_id="mask-file", height=80,
+                               visible=False)  # shown with the first saved mask (an empty drop box says nothing)
             with gr.Accordion("Generate with this mask", open=False):
                 prompt = gr.Textbox("a person dancing on a stage, spotlight", label="Prompt", lines=2,
                                     elem_id="mask-prompt")
@@ -399,8 +400,8 @@ def build(ctx):
         handoff.check_clip_for_mask(clip, width_, height_, frames_, down_)
         path, md = save_mask(editor_, keys_, width_, height_, frames_, down_, strength_, fade_in_, fade_out_, invert_,
                              feather_, out_dir=_user_dir(ctx, request, "masks"))
-        return handed(path, width_, height_, frames_, down_, strength_), path, md + " Open **Union control**: " \
-            "'Use painter mask' is on there."
+        return (handed(path, width_, height_, frames_, down_, strength_), gr.update(value=path, visible=True),
+                md + " Open **Union control**: 'Use painter mask' is on there.")
 
     clip_in = clip_state if clip_state is not None else gr.State(None)
     use.click(panel_guard(on_use, 3, 2), [clip_in] + params,
@@ -421,7 +422,7 @@ def build(ctx):
         req = generate_request(prompt, path, control, width_, height_, frames_, strength_, model=ctx.config.model,
                                lora=lora_path)
         jid = ctx.submit(ctx.owner(request), "generate", req)
-        return (jid, handed(path, width_, height_, frames_, down_, strength_), path, md,
+        return (jid, handed(path, width_, height_, frames_, down_, strength_), gr.update(value=path, visible=True), md,
                 progress_html(0, "waiting for its turn", "queued"))
 
     gen.click(panel_guard(on_generate, 5, 4, refused, {0: None}),

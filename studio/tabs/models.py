@@ -54,7 +54,8 @@ def build(ctx):
                          column_widths=["15%", "11%", "11%", "11%", "30%", "8%", "14%"], elem_id="models-table")
     files = gr.Dataframe(headers=["file", "repository", "~GB", "here", "what it is for"],
                          value=catalog_rows(models_dir), interactive=False, wrap=True,
-                         label="Official LTX-2.3 files (Lightricks' MODELS-LTX-2.3.md)")
+                         label="Official LTX-2.3 files (Lightricks' MODELS-LTX-2.3.md)",
+                         column_widths=["30%", "16%", "7%", "7%", "40%"], elem_id="models-files")
     refresh = gr.Button("Rescan models folder", size="sm")
     refresh.click(guard(lambda: (status_rows(models_dir), catalog_rows(models_dir))), outputs=[table, files],
                   api_visibility="private")

@@ -118,7 +118,8 @@ def loss_svg(frame, width: int = 600, height: int = 220) -> str:
     pw, ph = width - left - right, height - top - bottom
     rows = {name: frame[frame.series == name] for name in ("loss", "smoothed")} if len(frame) else {}
     finite = [float(v) for v in frame["loss"] if math.isfinite(float(v))] if len(frame) else []
-    parts = [f'<svg class="loss-svg" viewBox="0 0 {width} {height}" width="100%" role="img" '
+    parts = [f'<svg class="loss-svg" viewBox="0 0 {width} {height}" width="100%" style="display:block;width:100%;'
+             f'height:auto" role="img" '
              f'aria-label="training loss" xmlns="http://www.w3.org/2000/svg">',
              f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#d1d5db"/>']
     if not finite:
@@ -265,11 +266,11 @@ def build(ctx):
             report = gr.Markdown(elem_id="train-report")
             refs = gr.Gallery(label="References (target ← source clip)", columns=5, height=220,
                               elem_id="train-refs", object_fit="contain")
-            with gr.Row(equal_height=True):
-                ref_clip = gr.Dropdown([], label="Replace the reference of clip", scale=2, min_width=160)
-                ref_image = gr.Image(label="with this image", type="filepath", sources=["upload"], height=140,
-                                     scale=2, min_width=200)
-                ref_apply = gr.Button("Replace", size="sm", scale=1, min_width=90)
+            with gr.Accordion("Replace a reference with your own image", open=False):
+                with gr.Row(equal_height=False):
+                    ref_clip = gr.Dropdown([], label="Replace the reference of clip", scale=3, min_width=160)
+                    ref_apply = gr.Button("Replace", size="sm", scale=1, min_width=90)
+                ref_image = gr.Image(label="with this image", type="filepath", sources=["upload"], height=160)
         with gr.Column(scale=3):
             with gr.Row():
                 preset = gr.Dropdown(["face"], value="face", label="Preset")
@@ -298,7 +299,7 @@ def build(ctx):
                 ckpt = gr.Dropdown([], label="Checkpoint", elem_id="train-ckpt", scale=2)
                 use = gr.Button("Use in generator", elem_id="train-use", scale=1)
             ckpt_file = gr.File(label="Checkpoint LoRA (ComfyUI-compatible .safetensors)", interactive=False,
-                                height=80)
+                                height=80, visible=False)  # shown with the first checkpoint
             note = gr.Markdown(elem_id="train-note")
 
     data = gr.State(None)
@@ -377,7 +378,7 @@ def build(ctx):
     for btn, name in ((sample_now, "sample_now"), (save_now, "save_now"), (stop, "stop")):
         btn.click(control(name), job_id, note, **priv)
 
-    ckpt.change(lambda p: p or None, ckpt, ckpt_file, **priv)
+    ckpt.change(lambda p: gr.update(value=p or None, visible=bool(p)), ckpt, ckpt_file, **priv)
     lora_state = ctx.shared.get("lora")
 
     def do_use(jid, lora, request: gr.Request):

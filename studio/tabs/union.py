@@ -80,7 +80,7 @@ def status_markdown(models_dir) -> str:
     lines = []
     for s in registry_status(models_dir):
         if s["ready"]:
-            lines.append(f"- **{s['kind']}**: ✅ ready")
+            lines.append(f"- **{s['kind']}**: ✓ ready")
             continue
         if s["status"] == "missing package":
             note = f"pip install {' '.join(s['pip'] or s['missing_packages'])}"
@@ -88,7 +88,7 @@ def status_markdown(models_dir) -> str:
             where = ", ".join(f"`{p}`" for p in s["searched"]) or "a models folder (start with --models-dir)"
             names = ", ".join(f"`{w['name']}`" for w in s["weights"])
             note = f"put {names} in {where} (from `{s['source']}`)"
-        lines.append(f"- **{s['kind']}**: ⚠️ {s['status']}: {note}")
+        lines.append(f"- **{s['kind']}**: ⚠ {s['status']}: {note}")
     return "\n".join(lines)
 
 
@@ -190,18 +190,20 @@ def build(ctx):
                                   " The control video is made at this size.", elem_id="union-size-note")
             with gr.Row():
                 width = gr.Number(size.width, label="Width", precision=0, minimum=32, step=32,
-                                  elem_id="union-width", min_width=70)
+                                  elem_id="union-width", min_width=100)
                 height = gr.Number(size.height, label="Height", precision=0, minimum=32, step=32,
-                                   elem_id="union-height", min_width=70)
+                                   elem_id="union-height", min_width=100)
+            with gr.Row():
                 frames = gr.Number(size.frames, label="Frames (8n+1)", precision=0, minimum=1, step=8,
-                                   elem_id="union-frames", min_width=70)
-                fps = gr.Number(size.fps, label="FPS", minimum=1, maximum=120, min_width=70)
+                                   elem_id="union-frames", min_width=100)
+                fps = gr.Number(size.fps, label="FPS", minimum=1, maximum=120, min_width=100)
             kind = gr.Radio(KINDS, value="canny", label="Control", elem_id="union-kind")
             kind_note = gr.Markdown(kind_notice(ctx.models_dir, "canny"), elem_id="union-kind-note")
-            with gr.Row(visible=True) as canny_row:
-                low = gr.Slider(0, 255, value=92, step=1, label="Canny low", min_width=120)
-                high = gr.Slider(0, 255, value=200, step=1, label="Canny high", min_width=120)
-                blur = gr.Slider(0, 5, value=0, step=0.5, label="Pre-blur (px)", min_width=120)
+            with gr.Column(visible=True) as canny_row:  # stacked: three sliders do not fit beside each other
+                with gr.Row():
+                    low = gr.Slider(0, 255, value=92, step=1, label="Canny low", min_width=120)
+                    high = gr.Slider(0, 255, value=200, step=1, label="Canny high", min_width=120)
+                blur = gr.Slider(0, 5, value=0, step=0.5, label="Pre-blur (px)")
             invert = gr.Checkbox(False, label="Invert (near = white ↔ far = white)", visible=False)
             with gr.Accordion("Control backends on this machine", open=False):
                 gr.Markdown(status_markdown(ctx.models_dir), elem_classes=["backends-table"])
@@ -228,7 +230,7 @@ def build(ctx):
                 ic_choice = gr.Dropdown(ic_options, value=default_ic, label="IC-LoRA (models/loras, then demos)",
                                         scale=3, elem_id="union-ic")
                 ic_strength = gr.Slider(0, 2, value=1.0, step=0.05, label="IC-LoRA strength", scale=2)
-            with gr.Row(equal_height=True):
+            with gr.Row(equal_height=False):
                 ic_note_md = gr.Markdown(ic_note(default_ic), elem_id="union-ic-note", elem_classes=["demo-note"])
                 ic_upload = gr.UploadButton("Upload an IC-LoRA (.safetensors)", file_types=[".safetensors"],
                                             size="sm", elem_id="union-ic-upload", scale=0, min_width=240)
@@ -271,7 +273,8 @@ def build(ctx):
             with gr.Row():
                 video = gr.Video(label="Result", interactive=False, elem_id="union-video")
                 used_control = gr.Video(label="Its control", interactive=False, elem_id="union-used-control")
-            settings = gr.File(label="Settings (JSON)", interactive=False, elem_id="union-settings", height=80)
+            settings = gr.File(label="Settings (JSON)", interactive=False, elem_id="union-settings", height=80,
+                               visible=False)  # shown with a result
             send_clip = gr.Button("Use the result as the studio clip (Mask painter, Motion tracks)", size="sm",
                                   elem_id="union-send-clip")
             sent = gr.Markdown(elem_id="union-sent")
@@ -405,7 +408,8 @@ def build(ctx):
                             stages=stages_, tier=tier_, seed=seed_, width=w, height=h, frames=n, fps=f)
         jid = ctx.submit(ctx.owner(request), "generate", req.to_dict())
         note = "" if ic else "⚠️ Generating without an IC-LoRA: the control is ignored."
-        return jid, progress_html(0, "waiting for its turn", "queued"), None, None, None, None, note
+        return (jid, progress_html(0, "waiting for its turn", "queued"), None, None, gr.update(value=None, visible=False),
+                None, note)
 
     mask_in = mask_state if mask_state is not None else gr.State(None)
     go.click(panel_guard(submit, 7, 1, refused, {0: None}),
@@ -428,7 +432,7 @@ def build(ctx):
             ctl = None  # a still reference (trained face LoRA): it is on screen as the control frame already
         if not (job.request or {}).get("loras"):
             note = (note + "\n\n" if note else "") + "⚠️ Made without an IC-LoRA: the control was ignored."
-        return prog, prev, vid, ctl, sett, note, jid
+        return prog, prev, vid, ctl, gr.update(value=sett, visible=True), note, jid
 
     timer.tick(guard(poll), [job_id, shown], [progress, preview, video, used_control, settings, status, shown],
                show_progress="hidden", **priv)
