@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from tests.conftest import screenshot
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.browser
+IC_LABEL = re.compile(r"^IC-LoRA \(models/loras")  # Union's IC-LoRA dropdown
 
 
 def _free_port() -> int:
@@ -172,7 +174,7 @@ def union_run(studio, browser):
     try:
         page.goto(studio.url, wait_until="load")
         page.get_by_role("tab", name="Union control").click()
-        ic_label = page.input_value("#union-ic input")
+        ic_label = page.get_by_label(IC_LABEL).input_value()
         page.click("#union-sample")
         page.wait_for_selector("#union-clip video", timeout=30_000)
         run_job(page, "#union-make", "#union-pre-progress", 90_000)
@@ -201,7 +203,7 @@ def test_union_canny_reaches_a_video_with_the_demo_ic_lora(union_run):
 
 def test_union_without_ic_lora_says_the_control_is_ignored(tab):
     page = tab("Union control")
-    page.click("#union-ic input")
+    page.get_by_label(IC_LABEL).click()
     page.get_by_role("option", name="(none)").click()
     page.wait_for_function("document.querySelector('#union-ic-note').innerText.includes('control is ignored')",
                            timeout=20_000)
@@ -236,7 +238,8 @@ def test_motion_tracks_draw_then_generate(studio, tab):
 def test_mask_painter_paint_then_union_generate(studio, tab):
     page = tab("Mask painter")
     # the painter's defaults are the generator's: same size, frames and D as Union's default IC-LoRA
-    assert page.input_value("#mask-width input") == "128" and page.input_value("#mask-height input") == "64"
+    assert page.get_by_label("Target width").input_value() == "128"
+    assert page.get_by_label("Target height").input_value() == "64"
     page.wait_for_selector("#mask-editor .pixi-target canvas", timeout=30_000)
     page.click("#mask-load")
     page.wait_for_timeout(1500)
@@ -253,7 +256,7 @@ def test_mask_painter_paint_then_union_generate(studio, tab):
     page.get_by_role("tab", name="Union control").click()
     page.wait_for_function("document.querySelector('#union-mask-note').innerText.includes('mask-')",
                            timeout=20_000)
-    assert page.is_checked("#union-use-mask input")
+    assert page.get_by_label("Use painter mask").is_checked()
     page.click("#union-sample")
     page.wait_for_selector("#union-clip video", timeout=30_000)
     run_job(page, "#union-make", "#union-pre-progress", 90_000)
@@ -268,17 +271,18 @@ def test_mask_of_another_size_is_refused_when_handed_over(studio, tab):
     """A mask painted at another size is flagged when it reaches Union, and Generate refuses it at once
     (nothing is queued), instead of failing after the queue."""
     page = tab("Mask painter")
-    page.fill("#mask-width input", "192")
-    page.press("#mask-width input", "Enter")
-    page.fill("#mask-frames input", "17")
-    page.press("#mask-frames input", "Enter")
+    page.get_by_label("Target width").fill("192")
+    page.get_by_label("Target width").press("Enter")
+    frames = page.locator("input[aria-label='Frames (8n+1)']:visible")
+    frames.fill("17")
+    frames.press("Enter")
     page.click("#mask-use")
     page.wait_for_function("document.querySelector('#mask-saved').innerText.includes('Saved')", timeout=45_000)
     page.get_by_role("tab", name="Union control").click()
     page.wait_for_function("document.querySelector('#union-mask-note').innerText.includes('painted for 192x64')",
                            timeout=20_000)
-    assert not page.is_checked("#union-use-mask input")
-    page.check("#union-use-mask input")
+    assert not page.get_by_label("Use painter mask").is_checked()
+    page.get_by_label("Use painter mask").check()
     page.click("#union-sample")
     page.wait_for_selector("#union-clip video", timeout=30_000)
     run_job(page, "#union-make", "#union-pre-progress", 90_000)
@@ -341,7 +345,7 @@ def test_history_reuse_of_a_union_job_regenerates_the_same_video(studio, union_r
         screenshot(page, "history-reuse-stuck")
         raise
     assert page.locator("#union-go").is_visible()
-    assert "demo · Union control" in page.input_value("#union-ic input")
+    assert "demo · Union control" in page.get_by_label(IC_LABEL).input_value()
     n = len(studio.jobs())
     run_job(page, "#union-go", "#union-progress", studio=studio)
     playable(page, "#union-video")
