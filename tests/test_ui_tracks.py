@@ -218,3 +218,37 @@ def test_generate_request_with_motion_track_lora_runs_on_tiny(studio_server, stu
     assert job["status"] == "done", job
     out = probe(job["result"]["video"])
     assert (out.width, out.height, out.frames) == (128, 64, 9)
+
+
+def test_preview_pruning_survives_a_file_removed_by_another_render(tmp_path, monkeypatch):
+    """Two renders at once: one lists an old preview, the other deletes it before the first reads its time
+    stamp. That was an 'internal error' while drawing (issue 13); now the vanished file is simply skipped."""
+    import os
+    import pathlib
+    import time
+
+    old = tmp_path / "preview-1.mp4"
+    old.write_bytes(b"x")
+    os.utime(old, (time.time() - 500, time.time() - 500))
+    gone = tmp_path / "preview-2.mp4"
+    gone.write_bytes(b"x")
+    real_stat = pathlib.Path.stat
+
+    def racing_stat(self, *a, **kw):
+        if self.name == "preview-2.mp4":
+            raise FileNotFoundError(self)  # deleted by the other render after the listing
+        return real_stat(self, *a, **kw)
+
+    monkeypatch.setattr(pathlib.Path, "stat", racing_stat)
+    tab.prune_previews(tmp_path)
+    monkeypatch.undo()
+    assert not old.exists() and gone.exists()
+
+
+def test_background_of_another_aspect_sets_the_output_size_and_says_so(make_video):
+    """A 320x240 background on a 128x64 output: the output follows the 4:3 aspect on the D=2 grid."""
+    w, h, note = tab.aspect_note(320, 240, 128, 64, downscale=2)
+    assert (w, h) == (256, 192) and "256x192" in note and "320x240" in note and "it was 128x64" in note
+    assert tab.aspect_note(256, 128, 128, 64, downscale=2) == (128, 64, "")  # same aspect: unchanged
+    w, h, note = tab.aspect_note(1920, 1080, 128, 64, downscale=2)
+    assert w % 64 == 0 and h % 64 == 0 and "cropped a little" in note
