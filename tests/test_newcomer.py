@@ -175,6 +175,10 @@ def union_run(studio, browser):
         page.goto(studio.url, wait_until="load")
         page.get_by_role("tab", name="Union control").click()
         ic_label = page.get_by_label(IC_LABEL).input_value()
+        # 256x128x33: long enough on the tiny model that the page's 1 s poll sees the steps move
+        page.fill("#union-width input", "256")
+        page.fill("#union-height input", "128")
+        page.fill("#union-frames input", "33")
         page.click("#union-sample")
         page.wait_for_selector("#union-clip video", timeout=30_000)
         run_job(page, "#union-make", "#union-pre-progress", 90_000)
