@@ -14,7 +14,10 @@ from typing import Any
 
 from pipelines.errors import UserError
 
-REQUEST_VERSION = 1
+REQUEST_VERSION = 2
+# Settings a version-1 request (written before guidance, audio and keyframes existed) ran with: read back, an old
+# sidecar asks for what it got then (CFG-only guidance, no soundtrack), not for today's defaults.
+_V1_DEFAULTS = dict(stg_scale=0.0, guidance_rescale=0.0, modality_scale=1.0, audio=False)
 
 
 class Schedule(str, enum.Enum):
@@ -58,6 +61,16 @@ class LoraSpec:
 
 
 @dataclass
+class KeyframeInput:
+    """An image the video must show at pixel frame `frame` (ltx-pipelines' image conditioning): frame 0 replaces the
+    first latent frame, any other frame is appended as keyframe tokens at that time (SPEC.md 2)."""
+
+    path: str
+    frame: int = 0
+    strength: float = 1.0
+
+
+@dataclass
 class ControlInput:
     path: str  # a control video (already a control signal: depth / canny / pose / track render) or an image
     strength: float = 1.0  # conditioning strength: reference timestep t * (1 - strength)
@@ -83,13 +96,25 @@ class GenerateRequest:
     fps: float = 24.0
     seed: int = 0
     schedule: Schedule = Schedule.DISTILLED
-    steps: int = 8
-    guidance_scale: float = 1.0
-    stages: int = 1
-    stage2_keep_ic: bool = False
+    steps: int = 30  # Full (dev) schedule only; distilled runs use their 8 fixed sigmas
+    # Full (dev) guidance, ltx-pipelines' LTX_2_3_PARAMS (distilled runs: one model pass, no guidance)
+    guidance_scale: float = 3.0  # video CFG
+    stg_scale: float = 1.0  # video STG (self-attention skipped in stg_blocks)
+    stg_blocks: list[int] = field(default_factory=lambda: [28])  # of the official 48; mapped to the model's depth
+    guidance_rescale: float = 0.7
+    modality_scale: float = 3.0  # audio<->video isolation guidance
+    audio_guidance_scale: float = 7.0
+    audio_stg_scale: float = 1.0
+    audio_guidance_rescale: float = 0.7
+    audio_modality_scale: float = 3.0
+    stages: int = 1  # 1: one stage at full size (community IC-LoRAs); 2: ltx-pipelines' ICLoraPipeline recipe
+    stage2_keep_ic: bool = False  # two-stage: keep the LoRAs and references in stage 2 too (off in ICLoraPipeline)
+    audio: bool = True  # generate the soundtrack jointly (LTX-2.3 is an audio+video model) and write it as AAC
     tier: MemoryTier = MemoryTier.AUTO
-    image: str | None = None
+    image: str | None = None  # first-frame image (a keyframe at frame 0)
     image_strength: float = 1.0
+    keyframes: list[KeyframeInput] = field(default_factory=list)  # images at any frame
+    image_crf: int = 33  # H.264 CRF the conditioning images are re-compressed at (ltx-pipelines DEFAULT_IMAGE_CRF)
     controls: list[ControlInput] = field(default_factory=list)
     mask: str | None = None  # .npy (H,W) or (F,H,W) in [0,1] at REFERENCE pixel size
     attention_strength: float = 1.0
@@ -125,8 +150,26 @@ class GenerateRequest:
             raise UserError(f"two-stage runs need width and height multiples of 64 (got {self.width}x{self.height})")
         if self.schedule == Schedule.FULL and not (1 <= self.steps <= 200):
             raise UserError(f"steps={self.steps} must be between 1 and 200")
-        if not (0.0 <= self.guidance_scale <= 20.0):
-            raise UserError(f"guidance_scale={self.guidance_scale} must be between 0 and 20")
+        for name in ("guidance_scale", "audio_guidance_scale", "stg_scale", "audio_stg_scale", "modality_scale",
+                     "audio_modality_scale"):
+            if not (0.0 <= float(getattr(self, name)) <= 20.0):
+                raise UserError(f"{name}={getattr(self, name)} must be between 0 and 20")
+        for name in ("guidance_rescale", "audio_guidance_rescale"):
+            if not (0.0 <= float(getattr(self, name)) <= 1.0):
+                raise UserError(f"{name}={getattr(self, name)} must be between 0 and 1")
+        if not isinstance(self.stg_blocks, (list, tuple)) or not all(
+                isinstance(b, int) and 0 <= b < 48 for b in self.stg_blocks):
+            raise UserError(f"stg_blocks={self.stg_blocks} must be block numbers 0..47 (of the official 48-block "
+                            "model; a smaller model uses the block at the same relative depth)")
+        if not isinstance(self.image_crf, int) or not (0 <= self.image_crf <= 51):
+            raise UserError(f"image_crf={self.image_crf} must be an integer 0..51 (0 = no re-compression)")
+        for i, k in enumerate(self.keyframes):
+            if not isinstance(k.frame, int) or not (0 <= k.frame < self.frames):
+                raise UserError(f"keyframes[{i}].frame={k.frame} must be a frame of the output (0..{self.frames - 1})")
+            if not (0.0 <= float(k.strength) <= 1.0):
+                raise UserError(f"keyframes[{i}].strength={k.strength} must be between 0 and 1")
+            if self.image and k.frame == 0:
+                raise UserError(f"keyframes[{i}] is at frame 0, where the first-frame image already is")
         for name in ("attention_strength", "image_strength"):
             v = getattr(self, name)
             if not (0.0 <= float(v) <= 1.0):
@@ -142,6 +185,25 @@ class GenerateRequest:
         if not isinstance(self.seed, int) or not (0 <= self.seed < 2**63):
             raise UserError(f"seed={self.seed} must be a non-negative integer")
         return self
+
+    def video_guidance(self):
+        from pipelines.sampler.guidance import GuidanceParams
+
+        return GuidanceParams(cfg=float(self.guidance_scale), stg=float(self.stg_scale),
+                              stg_blocks=tuple(self.stg_blocks), rescale=float(self.guidance_rescale),
+                              modality=float(self.modality_scale))
+
+    def audio_guidance(self):
+        from pipelines.sampler.guidance import GuidanceParams
+
+        return GuidanceParams(cfg=float(self.audio_guidance_scale), stg=float(self.audio_stg_scale),
+                              stg_blocks=tuple(self.stg_blocks), rescale=float(self.audio_guidance_rescale),
+                              modality=float(self.audio_modality_scale))
+
+    def all_keyframes(self) -> list[KeyframeInput]:
+        """The first-frame image and the keyframes, as ltx-pipelines' image list (first frame first)."""
+        first = [KeyframeInput(self.image, 0, float(self.image_strength))] if self.image else []
+        return first + list(self.keyframes)
 
     # -- (de)serialisation: the same dict is the API payload, the preset schema and the sidecar metadata --
     def to_dict(self) -> dict[str, Any]:
@@ -164,6 +226,12 @@ class GenerateRequest:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"unknown setting(s): {', '.join(unknown)}")
+        if data.get("version") == 1:  # a sidecar written by version 1 (requests from clients carry no version)
+            for k, v in _V1_DEFAULTS.items():
+                data.setdefault(k, v)
+            data.setdefault("steps", 8 if data.get("schedule", "distilled") == "distilled" else 30)
+            data.setdefault("guidance_scale", 1.0)
+            data["version"] = REQUEST_VERSION
         try:
             if "schedule" in data:
                 data["schedule"] = Schedule(data["schedule"])
@@ -175,7 +243,12 @@ class GenerateRequest:
                 for c in data.get("controls") or []
             ]
             data["loras"] = [LoraSpec(path=lo["path"], weight=float(lo.get("weight", 1.0))) for lo in data.get("loras") or []]
-            for k in ("width", "height", "frames", "seed", "steps", "stages"):
+            data["keyframes"] = [KeyframeInput(path=k["path"], frame=int(k.get("frame", 0)),
+                                               strength=float(k.get("strength", 1.0)))
+                                 for k in data.get("keyframes") or []]
+            if "stg_blocks" in data and data["stg_blocks"] is not None:
+                data["stg_blocks"] = [int(b) for b in data["stg_blocks"]]
+            for k in ("width", "height", "frames", "seed", "steps", "stages", "image_crf"):
                 if k in data and data[k] is not None:
                     data[k] = int(data[k])
             req = cls(**data)

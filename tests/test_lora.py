@@ -85,12 +85,45 @@ def test_wrong_shape_refused_with_key_named(tiny_model, tmp_path):
         validate_lora(lf, tiny_model.pipe.transformer)
 
 
-def test_mixing_factors_refused(tiny_model, tmp_path):
+def test_stack_factors_read_as_ic_lora_pipeline_does(tiny_model, tmp_path):
+    """ltx-pipelines' ICLoraPipeline: a file without the key has factor 1, the stack takes the factor that is not 1,
+    two different factors that are not 1 cannot be combined. The official trainer writes the key only when it is
+    not 1, so an official D=1 IC-LoRA has no key at all."""
     ab = _ab(tiny_model.pipe.transformer)
-    a = read_lora(write_official(tmp_path / "d1.safetensors", ab, {"reference_downscale_factor": "1"}))
-    b = read_lora(write_official(tmp_path / "d2.safetensors", ab, {"reference_downscale_factor": "2"}))
+    plain = read_lora(write_official(tmp_path / "plain.safetensors", ab, {}))
+    d1 = read_lora(write_official(tmp_path / "d1.safetensors", ab, {"reference_downscale_factor": "1"}))
+    d2 = read_lora(write_official(tmp_path / "d2.safetensors", ab, {"reference_downscale_factor": "2"}))
+    d3 = read_lora(write_official(tmp_path / "d3.safetensors", ab, {"reference_downscale_factor": "3"}))
+    t4 = read_lora(write_official(tmp_path / "t4.safetensors", ab, {"reference_temporal_scale_factor": "4"}))
+    assert plain.reference_downscale_factor == 1 and not plain.is_ic_lora
+    assert check_compatible([plain]) == (1, 1)
+    assert check_compatible([d1, d2]) == (2, 1) and check_compatible([plain, d2]) == (2, 1)
+    assert check_compatible([d2, t4]) == (2, 4)
     with pytest.raises(UserError, match="cannot be combined"):
-        check_compatible([a, b])
+        check_compatible([d2, d3])
+
+
+def test_text_projection_keys_load_and_are_checked(tiny_model, tmp_path):
+    """LoRAs with `text_embedding_projection.*` keys (diffusers loads them into the text connectors) are read and
+    validated, not refused; ltx-pipelines 1.0.0 fuses LoRAs into the transformer only, so only the transformer part
+    is applied (LoraFile.transformer_tensors)."""
+    from safetensors.torch import save_file
+
+    pipe = tiny_model.pipe
+    ab = _ab(pipe.transformer)
+    proj = dict(pipe.connectors.named_modules())["video_text_proj_in"]  # LTX-2.3: per-modality projections
+    t = {f"diffusion_model.{m}.lora_{k}.weight": v for m, (a, b) in ab.items() for k, v in (("A", a), ("B", b))}
+    t["text_embedding_projection.video_aggregate_embed.lora_A.weight"] = torch.randn(4, proj.in_features)
+    t["text_embedding_projection.video_aggregate_embed.lora_B.weight"] = torch.randn(proj.out_features, 4)
+    save_file(t, str(tmp_path / "tp.safetensors"))
+    lf = read_lora(tmp_path / "tp.safetensors")
+    assert lf.text_projection_modules == ["text_embedding_projection.video_aggregate_embed"]
+    validate_lora(lf, pipe.transformer, pipe.connectors)
+    assert set(lf.transformer_tensors()) == {k for k in t if k.startswith("diffusion_model.")}
+    t["text_embedding_projection.video_aggregate_embed.lora_B.weight"] = torch.randn(proj.out_features + 1, 4)
+    save_file(t, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(UserError, match="text_embedding_projection.video_aggregate_embed"):
+        validate_lora(read_lora(tmp_path / "bad.safetensors"), pipe.transformer, pipe.connectors)
 
 
 def test_lora_changes_output_and_kohya_gives_same_output(tiny_engine, tmp_path):

@@ -18,6 +18,9 @@ from pathlib import Path
 from pipelines.errors import UserError
 
 PREFIX = "diffusion_model."
+#: LoRA weights for the text connectors' input projection (diffusers loads them into `connectors`). Lightricks'
+#: ltx-pipelines 1.0.0 fuses LoRAs into the transformer only, so these are read, checked, and not applied.
+TEXT_PROJ_PREFIX = "text_embedding_projection."
 _PEFT_RE = re.compile(r"^(?P<mod>.+)\.lora_(?P<ab>[AB])\.(?:default\.)?weight$")
 _KOHYA_RE = re.compile(r"^(?P<mod>.+)\.lora_(?P<ud>down|up)\.weight$")
 _ALPHA_RE = re.compile(r"^(?P<mod>.+)\.alpha$")
@@ -44,7 +47,18 @@ class LoraFile:
 
     @property
     def is_ic_lora(self) -> bool:
+        """Whether the file DECLARES reference scale factors. Informative only: as in Lightricks' ICLoraPipeline, any
+        LoRA used with reference (control) videos acts in context, and a file without the keys has D = 1 (the
+        official trainer writes `reference_downscale_factor` only when it is not 1)."""
         return "reference_downscale_factor" in self.metadata or "reference_temporal_scale_factor" in self.metadata
+
+    @property
+    def text_projection_modules(self) -> list[str]:
+        return [m for m in self.modules if m.startswith(TEXT_PROJ_PREFIX)]
+
+    def transformer_tensors(self) -> dict:
+        """The weights that are applied: the transformer's (ltx-pipelines fuses nothing else)."""
+        return {k: v for k, v in self.tensors.items() if k.startswith(PREFIX)}
 
     def summary(self) -> dict:
         targets = sorted({m.split(".")[-1] if not m.endswith(("0.proj", "net.2")) else ".".join(m.split(".")[-3:])
@@ -73,6 +87,8 @@ def _factor(meta: dict, key: str, path: str) -> int:
 
 
 def _strip(name: str) -> str:
+    if name.startswith(TEXT_PROJ_PREFIX):
+        return name  # keeps its own prefix: it targets the text connectors, not the transformer
     for p in (PREFIX, "transformer.", "base_model.model."):
         if name.startswith(p):
             return name[len(p):]
@@ -139,7 +155,7 @@ def read_lora(path: str | os.PathLike, module_names: set[str] | None = None) -> 
         if mod in alphas:
             b = b * (alphas[mod] / rank)
         for kind, t in (("A", a), ("B", b)):
-            key = f"{PREFIX}{mod}.lora_{kind}.weight"
+            key = f"{mod}.lora_{kind}.weight" if mod.startswith(TEXT_PROJ_PREFIX) else f"{PREFIX}{mod}.lora_{kind}.weight"
             if not bool(torch.isfinite(t).all()):
                 bad.append(key)
             tensors[key] = t.contiguous()
@@ -183,29 +199,40 @@ def _kohya_module(name: str, module_names: set[str] | None) -> str:
 
 
 def to_diffusers_module(official: str) -> str:
-    """Official (ComfyUI) module name -> diffusers module name, using diffusers' own converter."""
+    """Official (ComfyUI) module name -> diffusers module name, using diffusers' own converter. Transformer modules
+    come back relative to the transformer; text-projection modules as `connectors.<module>`."""
     from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_ltx2_lora_to_diffusers
 
+    if official.startswith(TEXT_PROJ_PREFIX):
+        out = _convert_non_diffusers_ltx2_lora_to_diffusers({f"{official}.lora_A.weight": None},
+                                                            TEXT_PROJ_PREFIX.rstrip("."))
+        return next(iter(out)).removesuffix(".lora_A.weight")
     out = _convert_non_diffusers_ltx2_lora_to_diffusers({f"{PREFIX}{official}.lora_A.weight": None})
     return next(iter(out)).removeprefix("transformer.").removesuffix(".lora_A.weight")
 
 
-def validate_lora(lora: LoraFile, transformer) -> None:
-    """Refuse a file that would silently do the wrong thing: NaN/Inf, unknown modules, wrong shapes."""
+def validate_lora(lora: LoraFile, transformer, connectors=None) -> None:
+    """Refuse a file that would silently do the wrong thing: NaN/Inf, unknown modules, wrong shapes. Text-projection
+    modules are checked against `connectors` when it is given."""
     import torch
 
     name = Path(lora.path).name
     _require_finite(lora)
     modules = dict(transformer.named_modules())
+    if connectors is not None:
+        modules.update({f"connectors.{n}": m for n, m in connectors.named_modules()})
     for mod in lora.modules:
+        text_proj = mod.startswith(TEXT_PROJ_PREFIX)
+        if text_proj and connectors is None:
+            continue
         target = modules.get(to_diffusers_module(mod))
         target = getattr(target, "base_layer", target)  # a module PEFT already wrapped (another LoRA is loaded)
-        key = f"{PREFIX}{mod}.lora_A.weight"
+        key = f"{mod}.lora_A.weight" if text_proj else f"{PREFIX}{mod}.lora_A.weight"
         if target is None or not isinstance(target, torch.nn.Linear):
             raise UserError(f"{name}: {key} targets {mod}, which is not a Linear layer of the loaded model "
                             "(a LoRA for a different model?)")
         a = lora.tensors[key]
-        b = lora.tensors[f"{PREFIX}{mod}.lora_B.weight"]
+        b = lora.tensors[key.replace(".lora_A.", ".lora_B.")]
         if a.shape[1] != target.in_features or b.shape[0] != target.out_features:
             raise UserError(f"{name}: {key} has shape A{tuple(a.shape)} B{tuple(b.shape)} but {mod} is "
                             f"{target.in_features}->{target.out_features} (a LoRA for a different model size?)")
@@ -245,14 +272,19 @@ def precheck_loras(paths: list[str]) -> None:
 
 
 def check_compatible(loras: list[LoraFile]) -> tuple[int, int]:
-    """(D, temporal factor) of the IC-LoRAs in a stack; refuses to mix different factors."""
-    ic = [lf for lf in loras if lf.is_ic_lora]
-    factors = {(lf.reference_downscale_factor, lf.reference_temporal_scale_factor) for lf in ic}
-    if len(factors) > 1:
-        desc = ", ".join(f"{Path(lf.path).name} (D={lf.reference_downscale_factor}, "
-                         f"temporal={lf.reference_temporal_scale_factor})" for lf in ic)
-        raise UserError(f"these IC-LoRAs use different reference scale factors and cannot be combined: {desc}")
-    return factors.pop() if factors else (1, 1)
+    """(D, temporal factor S) for the references of a LoRA stack, read the way Lightricks' ICLoraPipeline reads them:
+    a file without the key has factor 1; the stack takes the factor that is not 1, and two different factors that
+    are not 1 cannot be combined."""
+    out = []
+    for attr, label in (("reference_downscale_factor", "reference_downscale_factor"),
+                        ("reference_temporal_scale_factor", "reference_temporal_scale_factor")):
+        scaled = [lf for lf in loras if getattr(lf, attr) != 1]
+        values = {getattr(lf, attr) for lf in scaled}
+        if len(values) > 1:
+            desc = ", ".join(f"{Path(lf.path).name} ({label}={getattr(lf, attr)})" for lf in scaled)
+            raise UserError(f"these IC-LoRAs use different {label} values and cannot be combined: {desc}")
+        out.append(values.pop() if values else 1)
+    return out[0], out[1]
 
 
 def save_lora(path: str | os.PathLike, tensors: dict, metadata: dict) -> Path:
@@ -261,7 +293,7 @@ def save_lora(path: str | os.PathLike, tensors: dict, metadata: dict) -> Path:
 
     path = Path(path)
     for k in tensors:
-        if not k.startswith(PREFIX) or not _PEFT_RE.match(k):
+        if not k.startswith((PREFIX, TEXT_PROJ_PREFIX)) or not _PEFT_RE.match(k):
             raise ValueError(f"not an official LoRA key: {k}")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -278,5 +310,5 @@ def inspect_lora(path) -> dict:
     return read_lora(path).summary()
 
 
-__all__ = ["LoraFile", "read_lora", "validate_lora", "precheck_loras", "check_compatible", "save_lora", "inspect_lora",
+__all__ = ["TEXT_PROJ_PREFIX", "LoraFile", "read_lora", "validate_lora", "precheck_loras", "check_compatible", "save_lora", "inspect_lora",
            "to_diffusers_module"]
