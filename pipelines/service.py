@@ -49,7 +49,9 @@ class EngineService:
                     path = None
                     if ev.preview is not None and preview_dir is not None:
                         path = _write_preview(Path(preview_dir), ev.preview)
-                    progress(ev.step / ev.total * 0.95, f"step {ev.step}/{ev.total}", path)
+                    # the engine names every phase (encode, denoise step i/n, upsample, decode, audio decode,
+                    # write) with a fraction of the whole run that only moves forward
+                    progress(ev.fraction, ev.message or f"step {ev.step}/{ev.total}", path)
             res = eng.generate(req, out_path, on_step=on_step, should_cancel=should_cancel,
                                previews=preview_dir is not None)
             if progress:

@@ -534,6 +534,59 @@ def write_video_lossless(path: str | os.PathLike, frames: np.ndarray, fps: float
     return out
 
 
+def mux_audio(video: str | os.PathLike, waveform: np.ndarray, sample_rate: int, out: str | os.PathLike,
+              bitrate: str = "192k") -> Path:
+    """Write `out`: the video stream of the mp4 `video` (copied, not re-encoded, with its metadata) plus
+    `waveform` (float [channels, samples] or [samples], values clipped to [-1, 1]) as an AAC track, atomically.
+    `video` and `out` may be the same file."""
+    wav = np.asarray(waveform, dtype=np.float32)
+    if wav.ndim == 1:
+        wav = wav[None]
+    if wav.ndim != 2 or wav.shape[0] not in (1, 2) or wav.shape[1] < 1:
+        raise ValueError(f"waveform must be [channels (1 or 2), samples], got shape {wav.shape}")
+    if not (isinstance(sample_rate, int) and 1000 <= sample_rate <= 384000):
+        raise ValueError(f"sample_rate={sample_rate!r} must be an integer rate in Hz")
+    src, dst = Path(video), Path(out)
+    data = np.ascontiguousarray(np.clip(np.nan_to_num(wav), -1.0, 1.0).T)  # interleaved [samples, channels]
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=f".partial{dst.suffix}", dir=dst.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y", "-i", str(src),
+           "-f", "f32le", "-ar", str(sample_rate), "-ac", str(wav.shape[0]), "-i", "-",
+           "-map", "0:v:0", "-map", "1:a:0", "-map_metadata", "0", "-c:v", "copy", "-c:a", "aac", "-b:a", bitrate,
+           "-movflags", "+faststart", "-f", _VIDEO_SUFFIX_FORMAT.get(dst.suffix.lower(), "mp4"), str(tmp)]
+    ok = False
+    try:
+        proc = subprocess.run(cmd, input=data.tobytes(), capture_output=True)
+        if proc.returncode != 0 or not tmp.exists() or tmp.stat().st_size == 0:
+            raise UserError(f"could not add the soundtrack to {dst.name}: ffmpeg failed "
+                            f"({_ffmpeg_error_line(proc.stderr.decode('utf-8', 'replace'))})")
+        os.chmod(tmp, (src.stat().st_mode & 0o777) if src.exists() else 0o644)
+        os.replace(tmp, dst)
+        ok = True
+    finally:
+        if not ok:
+            tmp.unlink(missing_ok=True)
+    return dst
+
+
+def read_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """The first audio track as float32 [channels, samples] and its rate (resampled to `sample_rate` if given)."""
+    p = _check_input_file(path)
+    info = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(p)], capture_output=True)
+    text = info.stderr.decode("utf-8", "replace")
+    m = re.search(r"Audio: .*?(\d+) Hz, (mono|stereo|(\d+) channels)", text)
+    if not m:
+        raise UserError(f"{p.name} has no audio track")
+    rate = sample_rate or int(m.group(1))
+    ch = 1 if m.group(2) == "mono" else 2 if m.group(2) == "stereo" else int(m.group(3))
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(p), "-map", "0:a:0",
+                           "-f", "f32le", "-ar", str(rate), "-ac", str(ch), "-"], capture_output=True)
+    if proc.returncode != 0:
+        raise UserError(f"could not read the audio of {p.name} ({_ffmpeg_error_line(proc.stderr.decode('utf-8', 'replace'))})")
+    return np.frombuffer(proc.stdout, np.float32).reshape(-1, ch).T.copy(), rate
+
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # a control/reference given as a still image
 
 

@@ -57,8 +57,11 @@ def attn1_processor(model, proc):
 
 
 def req_for(control: str | None, strength: float = 1.0, **kw) -> GenerateRequest:
+    """Video-only by default: these tests are about the reference's path through video self-attention, and with the
+    soundtrack on (the default, as in every official pipeline) the reference also reaches the target through the
+    audio stream (video->audio->video cross-attention), as Lightricks' pipelines run it (see test_audio_*)."""
     base = dict(prompt="a red ball rolling", width=W, height=H, frames=F, fps=24.0, seed=7,
-                controls=[ControlInput(control)] if control else [], attention_strength=strength)
+                controls=[ControlInput(control)] if control else [], attention_strength=strength, audio=False)
     base.update(kw)
     return GenerateRequest(**base)
 
@@ -208,9 +211,15 @@ def test_progress_previews_and_cancel(tiny_engine, controls):
     from pipelines.errors import Cancelled
 
     events = []
-    tiny_engine.generate(req_for(controls["a"]), write=False, on_step=events.append, previews=True)
-    assert [e.step for e in events] == list(range(1, 9)) and events[-1].total == 8
-    assert events[0].preview is not None and events[0].preview.dtype == np.uint8
+    tiny_engine.generate(req_for(controls["a"], audio=True), write=False, on_step=events.append, previews=True)
+    steps = [e for e in events if e.phase == "denoise"]
+    assert [e.step for e in steps] == list(range(1, 9)) and steps[-1].total == 8
+    assert steps[0].preview is not None and steps[0].preview.dtype == np.uint8
+    # every phase is named, with a fraction that moves forward (no minute at "step 8/8")
+    assert [e.phase for e in events if e.phase != "denoise"] == ["encode prompt", "encode conditions", "decode",
+                                                                 "audio decode"]
+    fr = [e.fraction for e in events]
+    assert fr == sorted(fr) and 0 <= fr[0] < 0.1 and 0.8 < fr[-1] < 1 and steps[3].message == "denoise step 4/8"
     with pytest.raises(Cancelled):
         tiny_engine.generate(req_for(controls["a"]), write=False, previews=False, should_cancel=lambda: True)
     assert tiny_engine.m.bias_state.log_w is None
