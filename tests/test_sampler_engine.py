@@ -288,3 +288,21 @@ def test_with_audio_the_reference_also_reaches_the_target_through_audio(tiny_eng
 
     assert influence(False) == 0
     assert influence(True) > 0
+
+
+def test_cli_flags_for_audio_keyframes_and_guidance():
+    import argparse
+
+    from pipelines.cli.generate import build_request, register
+
+    ap = argparse.ArgumentParser()
+    register(ap.add_subparsers())
+    args = ap.parse_args(["generate", "--prompt", "x", "--out", "o.mp4", "--width", "64", "--height", "64",
+                          "--frames", "17", "--keyframe", "end.png:16:0.8", "--keyframe", "mid.png:8", "--no-audio",
+                          "--schedule", "full", "--stg", "0.5"])
+    r = build_request(args)
+    assert [(k.path, k.frame, k.strength) for k in r.keyframes] == [("end.png", 16, 0.8), ("mid.png", 8, 1.0)]
+    assert r.audio is False and r.steps == 30 and r.guidance_scale == 3.0 and r.stg_scale == 0.5
+    args = ap.parse_args(["generate", "--prompt", "x", "--out", "o.mp4", "--keyframe", "end.png"])
+    with pytest.raises(UserError, match="IMG:FRAME"):
+        build_request(args)
