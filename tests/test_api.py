@@ -101,7 +101,8 @@ def test_bad_lora_is_refused_at_submit_not_after_the_queue(studio_server, studio
     folder = Path(ctx.outputs_dir) / "local" / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     ab = _ab(tiny_model.pipe.transformer)
-    d1 = write_official(folder / "d1.safetensors", ab, {"reference_downscale_factor": "1"})
+    # two different factors that are not 1 (a factor of 1 combines with any, as in Lightricks' ICLoraPipeline)
+    d1 = write_official(folder / "d3.safetensors", ab, {"reference_downscale_factor": "3"})
     d2 = write_official(folder / "d2.safetensors", ab, {"reference_downscale_factor": "2"})
     ab[MODS[1]] = (ab[MODS[1]][0], ab[MODS[1]][1].clone().index_fill_(1, torch.tensor([0]), float("nan")))
     nan = write_official(folder / "nan.safetensors", ab, {})
