@@ -42,6 +42,24 @@ class ControlKind(str, enum.Enum):
     FACE = "face"
 
 
+# ltx-pipelines' default negative prompt (utils/constants.py DEFAULT_NEGATIVE_PROMPT), used by its CLI for the Full
+# (dev) pipelines' CFG; our default too (distilled runs have no CFG and ignore it).
+OFFICIAL_NEGATIVE_PROMPT = (
+    'blurry, out of focus, overexposed, underexposed, low contrast, washed out colors, excessive noise, '
+    'grainy texture, poor lighting, flickering, motion blur, distorted proportions, unnatural skin tones, '
+    'deformed facial features, asymmetrical face, missing facial features, extra limbs, disfigured hands, '
+    'wrong hand count, artifacts around text, inconsistent perspective, camera shake, incorrect depth of '
+    'field, background too sharp, background clutter, distracting reflections, harsh shadows, '
+    'inconsistent lighting direction, color banding, cartoonish rendering, 3D CGI look, unrealistic '
+    'materials, uncanny valley effect, incorrect ethnicity, wrong gender, exaggerated expressions, wrong '
+    'gaze direction, mismatched lip sync, silent or muted audio, distorted voice, robotic voice, echo, '
+    'background noise, off-sync audio, incorrect dialogue, added dialogue, repetitive speech, jittery '
+    'movement, awkward pauses, incorrect timing, unnatural transitions, inconsistent framing, tilted '
+    'camera, flat lighting, inconsistent tone, cinematic oversaturation, stylized filters, or AI '
+    'artifacts.'
+)
+
+
 DISTILLED_SIGMAS = [1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875, 0.0]
 STAGE2_SIGMAS = [0.909375, 0.725, 0.421875, 0.0]
 
@@ -88,7 +106,7 @@ def _is_number(s: str) -> bool:
 @dataclass
 class GenerateRequest:
     prompt: str
-    negative_prompt: str = ""
+    negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT
     model: str = "tiny"
     width: int = 768
     height: int = 512

@@ -10,7 +10,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate a video with an IC-LoRA (control videos, mask, LoRAs)",
                               description="Generate a video. Prints a JSON summary; writes OUT.mp4 and OUT.json.")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--negative", default="", help="negative prompt (used with --schedule full / --cfg > 1)")
+    p.add_argument("--negative", default=None,
+                   help="negative prompt of the Full schedule's CFG (default: ltx-pipelines' default negative prompt)")
     p.add_argument("--control", action="append", default=[], metavar="VIDEO",
                    help="control video (or image); repeat for several references")
     p.add_argument("--control-strength", type=float, default=1.0, metavar="S",
@@ -74,7 +75,8 @@ def build_request(args):
     schedule = Schedule(args.schedule)
     guidance = {k: v for k, v in (("steps", args.steps), ("guidance_scale", args.cfg), ("stg_scale", args.stg),
                                   ("guidance_rescale", args.rescale), ("modality_scale", args.modality),
-                                  ("audio_guidance_scale", args.audio_cfg)) if v is not None}
+                                  ("audio_guidance_scale", args.audio_cfg), ("negative_prompt", args.negative))
+                if v is not None}
     if args.model != "tiny":
         from pipelines.config import Paths
 
@@ -82,7 +84,7 @@ def build_request(args):
         args.models_dir = str(md) if md else None
     try:
         req = GenerateRequest(
-            prompt=args.prompt, negative_prompt=args.negative, model=args.model, width=args.width,
+            prompt=args.prompt, model=args.model, width=args.width,
             height=args.height, frames=args.frames, fps=args.fps, seed=args.seed, schedule=schedule,
             stages=args.stages, stage2_keep_ic=args.keep_ic_stage2, audio=not args.no_audio,
             tier=MemoryTier(args.tier), image=args.image, image_strength=args.image_strength,

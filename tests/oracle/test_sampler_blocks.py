@@ -80,7 +80,7 @@ def test_default_guidance_equals_ltx_2_3_params():
             theirs.cfg_scale, theirs.stg_scale, theirs.stg_blocks, theirs.rescale_scale, theirs.modality_scale,
             theirs.skip_step)
     req = GenerateRequest(prompt="x")
-    assert req.steps == p.num_inference_steps
+    assert req.steps == p.num_inference_steps and req.negative_prompt == c.DEFAULT_NEGATIVE_PROMPT
     assert req.video_guidance() == VIDEO_DEFAULTS and req.audio_guidance() == AUDIO_DEFAULTS
 
 
