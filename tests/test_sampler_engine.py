@@ -261,9 +261,13 @@ def test_lora_without_factor_keys_is_an_ic_lora_at_d1(tiny_engine, tmp_path, ctl
 # ------------------------------------------------------------------------------------------ the soundtrack
 
 def test_soundtrack_is_generated_and_written_as_aac(tiny_engine, ctl, tmp_path):
-    from pipelines.video_io import ffmpeg_exe, probe, read_audio
+    import json
+
+    from pipelines.video_io import ffmpeg_exe, probe, read_audio, read_comment
 
     res = tiny_engine.generate(req(controls=[ControlInput(ctl["a"])]), tmp_path / "av.mp4", previews=False)
+    assert json.loads(read_comment(res.path))["request"]["seed"] == 3  # the settings survive the mux
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["av.json", "av.mp4"]  # no temporary file left
     assert res.audio is not None and res.audio.ndim == 2 and res.sample_rate == 16000 and res.metadata["audio"]
     info = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(res.path)], capture_output=True).stderr.decode()
     assert "Audio: aac" in info and "Video: h264" in info
