@@ -6,28 +6,16 @@ between token groups, conditioning items (positions, denoise masks, tokens). Exa
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
+import math
 
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("ltx_core")
+import torch
 
 
 def _ltx_constants():
-    """ltx_pipelines/utils/constants.py, loaded on its own (the package __init__ pulls in audio INPUT encoding,
-    which needs torchaudio; constants.py itself needs only ltx-core)."""
-    name = "ltx_pipelines.utils.constants"
-    if name in sys.modules:
-        return sys.modules[name]
-    import ltx_core
+    from ltx_pipelines.utils import constants  # importable: tests/oracle/conftest.py set up ltx (ltx_env.py)
 
-    root = __import__("pathlib").Path(ltx_core.__file__).resolve().parent.parent / "ltx_pipelines/utils/constants.py"
-    spec = importlib.util.spec_from_file_location("_oracle_ltx_constants", root)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return constants
 
 
 # ---------------------------------------------------------------- schedules: ltx_core LTX2Scheduler.execute
@@ -196,9 +184,6 @@ def _dense_bias_from_ltx(mask: torch.Tensor) -> torch.Tensor:
     """ltx-core TransformerArgsPreprocessor._prepare_self_attention_mask: [0, 1] -> log(w), 0 -> -inf."""
     m = mask[0].double()
     return torch.where(m > 0, torch.log(m.clamp(min=1e-300)), torch.full_like(m, -math.inf))
-
-
-import math  # noqa: E402
 
 
 @pytest.mark.parametrize("case", ["mask+scalar", "scalar-only", "one-masked", "none", "no-keyframes"])
