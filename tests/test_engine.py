@@ -219,7 +219,7 @@ def test_progress_previews_and_cancel(tiny_engine, controls):
     assert [e.phase for e in events if e.phase != "denoise"] == ["encode prompt", "encode conditions", "decode",
                                                                  "audio decode"]
     fr = [e.fraction for e in events]
-    assert fr == sorted(fr) and 0 <= fr[0] < 0.1 and 0.8 < fr[-1] < 1 and steps[3].message == "denoise step 4/8"
+    assert fr == sorted(fr) and 0 <= fr[0] < 0.1 and 0.8 < fr[-1] < 1 and steps[3].message == "step 4/8 denoising"
     with pytest.raises(Cancelled):
         tiny_engine.generate(req_for(controls["a"]), write=False, previews=False, should_cancel=lambda: True)
     assert tiny_engine.m.bias_state.log_w is None

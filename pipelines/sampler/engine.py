@@ -124,7 +124,7 @@ class _Progress:
         if self.on_step is not None:
             self.on_step(StepEvent(stage=stage, step=self.step, total=self.total, preview=preview, phase="denoise",
                                    fraction=round(min(self.done, 1.0), 4),
-                                   message=f"denoise step {self.step}/{self.total}"
+                                   message=f"step {self.step}/{self.total} denoising"
                                            + (f" (stage {stage})" if stage > 1 else "")))
 
 
