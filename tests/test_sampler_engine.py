@@ -310,3 +310,16 @@ def test_cli_flags_for_audio_keyframes_and_guidance():
     args = ap.parse_args(["generate", "--prompt", "x", "--out", "o.mp4", "--keyframe", "end.png"])
     with pytest.raises(UserError, match="IMG:FRAME"):
         build_request(args)
+
+
+def test_a_lora_left_active_by_another_engine_does_not_act(tiny_engine, tmp_path):
+    """No state survives between runs, across engines sharing a model too (a trainer's validation sampler is
+    another Engine on the same model): a run without LoRAs disables every adapter on the transformer."""
+    from pipelines.sampler.engine import Engine
+
+    base = frames(tiny_engine, req(audio=False))
+    other = Engine(tiny_engine.m)
+    lora = _lora(tiny_engine, tmp_path / "l.safetensors", scale=1.0)
+    with_lora = frames(other, req(audio=False, loras=[LoraSpec(lora)]))
+    assert not np.array_equal(with_lora, base)
+    assert np.array_equal(frames(Engine(tiny_engine.m), req(audio=False)), base)

@@ -80,7 +80,11 @@ class PreparedReferences:
 
     @property
     def conditions(self) -> list:
-        return self.frames
+        """The references as diffusers' LTX2ReferenceCondition holds them (frames float [0, 1], strength)."""
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(frames=f.astype(np.float32) / 255.0, strength=s)
+                for f, s in zip(self.frames, self.strengths)]
 
 
 def _fit_image(img: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -172,7 +176,8 @@ class Engine:
                 self._adapters[key] = name
             names.append(self._adapters[key])
         if not names:
-            if self._adapters:
+            # adapters another engine loaded on this model (a trainer's validation sampler) must not act either
+            if self._adapters or getattr(pipe.transformer, "peft_config", None):
                 pipe.disable_lora()
             return
         pipe.enable_lora()
