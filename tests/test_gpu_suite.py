@@ -70,7 +70,8 @@ def test_tiny_suite_runs_every_step_and_reports_every_figure(tmp_path):
     s2 = {c["name"]: c["figures"] for c in results["steps"]["2"]["cases"]}
     for name in s1:
         assert s1[name]["video_tokens"] == s2[name]["video_tokens"], name
-        assert s2[name]["audio_tokens"] > 1 and s2[name]["tflop"] > s1[name]["tflop"] > 0  # + audio, a<->v
+        # the engine makes the soundtrack too (audio on by default, as ltx-pipelines): at least the same work
+        assert s2[name]["audio_tokens"] > 1 and s2[name]["tflop"] >= s1[name]["tflop"] > 0
     assert s1["D=2 reference"]["video_tokens"] > s1["no reference"]["video_tokens"]
     assert cpu < 120, f"the tiny suite used {cpu:.0f} s of CPU (wall {wall:.0f} s)"
 
