@@ -18,9 +18,9 @@ Steps, in order (figures in the JSON, the markdown table printed last):
    config), the studio's were loaded from that official checkpoint dict through the loader's single-file path
    (pipelines.models.loader.official_pipeline; bench/ltx23_random.py). Ratio ours / theirs. Not timed on either side: model
    loading and the prompt (theirs gets random contexts of the connectors' output shape; ours a cached prompt).
-   Differences that stay: their run denoises the full audio stream with audio<->video cross-attention (ours:
-   one silent token, modalities isolated: the counted FLOPs show it); their LoRA would be fused into the
-   weights at load, ours is a PEFT adapter (the D=2 cases pay for it).
+   Both denoise the full audio stream with audio<->video cross-attention (the studio makes the soundtrack by
+   default, as ltx-pipelines does). The difference that stays: their LoRA would be fused into the weights at
+   load, ours is a PEFT adapter (the D=2 cases pay for it).
  3 memory tiers (pipelines.models.loader.apply_tier): bf16, fp8 layerwise (sm_89+), group offload, each on a
    768x512x121 run with a D=1 control (the case choose_tier sizes for): measured peak VRAM against
    pipelines.models.memory.estimate (goal within 10%; predicted with the built components' parameter counts,
@@ -89,6 +89,10 @@ TITLES = {1: "generation (studio)", 2: "ltx-pipelines, same weights", 3: "memory
 GROUPS = [("gen", (1, 2), 140, 75), ("tiers", (3,), 100, 40), ("stage2", (4,), 110, 40), ("train", (5,), 55, 40),
           ("control", (6,), 45, 30)]
 TOTAL_BUDGET = {False: 475, True: 300}  # seconds for the whole suite: 8 minutes on a GPU, less 5 s for the parent
+# A Full-schedule run with one model pass per step (no CFG, STG or modality guidance for video or audio): the memory
+# tiers time the transformer and its placement, not the guider's extra passes.
+ONE_PASS = dict(guidance_scale=1.0, stg_scale=0.0, modality_scale=1.0, audio_guidance_scale=1.0, audio_stg_scale=0.0,
+                audio_modality_scale=1.0)
 GRACE_S = 5  # a process may overrun its budget by this much (its last case) before it is killed
 # Expected figures per step: the test checks that each is present and finite.
 EXPECTED = {
@@ -742,7 +746,7 @@ def group_tiers(ctx: Ctx) -> None:
     req = dict(prompt="a red car on a wet street at night", width=w, height=h, frames=n, seed=2,
                controls=[ControlInput(path=str(ctrl))])  # D=1 reference: the case choose_tier sizes for
     warm = GenerateRequest(prompt="warm up", width=64, height=64, frames=9, seed=0, schedule=Schedule.FULL, steps=1,
-                           guidance_scale=1.0)  # one forward: group offload streams every block per step
+                           **ONE_PASS)  # one forward: group offload streams every block per step
     state = {}
 
     def build():
@@ -780,7 +784,7 @@ def group_tiers(ctx: Ctx) -> None:
                 ctx.warm(f"{tier.value}", lambda: eng.generate(warm, write=False, previews=False), need_s=5)
             r = dict(req)
             if steps:
-                r.update(schedule=Schedule.FULL, steps=steps, guidance_scale=1.0)
+                r.update(schedule=Schedule.FULL, steps=steps, **ONE_PASS)
             timer = StudioRun(ctx, m)
             try:
                 figs = timer.run(eng, GenerateRequest(**r))

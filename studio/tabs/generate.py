@@ -10,8 +10,9 @@ import os
 import gradio as gr
 
 from pipelines.fit import size_hint
-from pipelines.requests import GenerateRequest, MemoryTier, Schedule
+from pipelines.requests import OFFICIAL_NEGATIVE_PROMPT, GenerateRequest, MemoryTier, Schedule
 from studio.ui import BAD, guard, panel_guard, progress_html, readable, refused
+from studio.sampling import SamplingExtras
 
 TITLE = "Generate"
 
@@ -108,7 +109,8 @@ def build(ctx):
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, value="a woman walking in a city street at night, cinematic",
                                 elem_id="gen-prompt")
-            negative = gr.Textbox(label="Negative prompt", lines=1, value="")
+            negative = gr.Textbox(label="Negative prompt (Full schedule)", lines=1, max_lines=2,
+                                  value=OFFICIAL_NEGATIVE_PROMPT)
             image = gr.Image(label="First frame (optional)", type="filepath", sources=["upload"], height=180)
             with gr.Row():
                 width = gr.Number(size.width, label="Width", precision=0, minimum=32, step=32, elem_id="gen-width")
@@ -126,6 +128,7 @@ def build(ctx):
                     steps = gr.Slider(1, 60, value=30, step=1, label="Steps (full schedule)")
                     cfg = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="CFG (full schedule)")
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="gen-seed")
+            extras = SamplingExtras(prefix="gen")  # guidance, soundtrack, keyframes (one builder for every tab)
             vram = gr.Markdown(vram_text(default_model, "auto", size.width, size.height, size.frames), elem_id="gen-vram")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="gen-go")
@@ -142,18 +145,21 @@ def build(ctx):
     job_id = ctx.job_state("generate")
     timer = gr.Timer(1.0)
 
-    def submit(prompt, negative, image, width, height, frames, fps, model, tier, schedule, steps, cfg, seed,
-               request: gr.Request):
+    def submit(request: gr.Request, prompt, negative, image, width, height, frames, fps, model, tier, schedule, steps,
+               cfg, seed, *x):
         sched = Schedule(schedule)
         req = GenerateRequest(
             prompt=prompt, negative_prompt=negative or "", model=model, width=int(width), height=int(height),
             frames=int(frames), fps=float(fps), seed=int(seed), schedule=sched, steps=int(steps) if sched == Schedule.FULL else 8,
             guidance_scale=float(cfg) if sched == Schedule.FULL else 1.0, tier=MemoryTier(tier), image=image or None,
+            **extras.fields(list(x)),
         ).validate()
         jid = ctx.submit(ctx.owner(request), "generate", req.to_dict())
         return jid, progress_html(0, "waiting for its turn", "queued")
 
-    go.click(panel_guard(submit, 2, 1, refused, {0: None}), [prompt, negative, image, width, height, frames, fps, model, tier, schedule, steps, cfg, seed],
+    go.click(panel_guard(submit, 2, 1, refused, {0: None}),
+             [prompt, negative, image, width, height, frames, fps, model, tier, schedule, steps, cfg, seed,
+              *extras.components],
              [job_id, progress], api_visibility="private")
 
     wire_job_panel(ctx, timer, cancel, job_id, [progress, preview, video, settings, status])
@@ -163,9 +169,10 @@ def build(ctx):
         r = GenerateRequest.from_dict(d)
         return [r.prompt, r.negative_prompt, r.image if r.image and os.path.isfile(r.image) else None,
                 r.width, r.height, r.frames, r.fps, r.model if r.model in model_choices(ctx) else gr.skip(),
-                r.tier.value, r.schedule.value, r.steps, r.guidance_scale, r.seed]
+                r.tier.value, r.schedule.value, r.steps, r.guidance_scale, r.seed, *extras.values_from(r)]
 
     # History's "Reuse settings" fills these with apply_request(a past request) and opens this tab
-    inputs = [prompt, negative, image, width, height, frames, fps, model, tier, schedule, steps, cfg, seed]
+    inputs = [prompt, negative, image, width, height, frames, fps, model, tier, schedule, steps, cfg, seed,
+              *extras.components]
     return {"request_inputs": inputs, "apply_request": apply_request,
             "reuse": {"outputs": inputs, "apply": apply_request}}

@@ -17,10 +17,12 @@ import gradio as gr
 import numpy as np
 
 from pipelines.errors import UserError
-from pipelines.requests import ControlInput, ControlKind, GenerateRequest, LoraSpec, MemoryTier, Schedule
+from pipelines.requests import (OFFICIAL_NEGATIVE_PROMPT, ControlInput, ControlKind, GenerateRequest, LoraSpec,
+                                MemoryTier, Schedule)
 from pipelines.video_io import IMAGE_EXTS
 from studio.kinds import wait_job  # noqa: F401  (re-exported: tests and the API wait on preprocess jobs)
 from studio.kinds.preprocess import submit_preprocess
+from studio.sampling import SamplingExtras
 from studio.ui import error_md, guard, panel_guard, progress_html, refused
 
 TITLE = "Union control"
@@ -121,7 +123,7 @@ def scrub_frames(result: dict | None, index) -> tuple:
 
 def build_request(ctx, *, prompt, negative, control_path, control_kind, control_strength, ic_choice, ic_upload,
                   ic_strength, lora_table, attention, use_mask, mask_path, image, image_strength, model, schedule,
-                  steps, cfg, stages, tier, seed, width, height, frames, fps) -> GenerateRequest:
+                  steps, cfg, stages, tier, seed, width, height, frames, fps, extra: dict | None = None) -> GenerateRequest:
     if not control_path:
         raise UserError("make the control video first ('Make control')")
     loras: list[LoraSpec] = []
@@ -140,6 +142,7 @@ def build_request(ctx, *, prompt, negative, control_path, control_kind, control_
         controls=[ControlInput(path=str(control_path), strength=float(control_strength),
                                kind=ControlKind(kind) if kind else None)],
         mask=(mask_path if use_mask and mask_path else None), attention_strength=float(attention), loras=loras,
+        **(extra or {}),
     ).validate()
 
 
@@ -225,7 +228,8 @@ def build(ctx):
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id="union-prompt",
                                 value="a cinematic shot, soft evening light, detailed textures")
-            negative = gr.Textbox(label="Negative prompt", lines=1, value="blurry, low quality, distorted")
+            negative = gr.Textbox(label="Negative prompt (Full schedule)", lines=1, max_lines=2,
+                                  value=OFFICIAL_NEGATIVE_PROMPT)
             with gr.Row(equal_height=True):
                 ic_choice = gr.Dropdown(ic_options, value=default_ic, label="IC-LoRA (models/loras, then demos)",
                                         scale=3, elem_id="union-ic")
@@ -260,6 +264,7 @@ def build(ctx):
                     steps = gr.Slider(1, 60, value=30, step=1, label="Steps (full schedule)")
                     cfg = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="CFG (full schedule)")
                     seed = gr.Number(42, label="Seed", precision=0, minimum=0, elem_id="union-seed")
+            extras = SamplingExtras(prefix="union")  # guidance, soundtrack, keyframes (one builder for every tab)
             vram_fn = getattr(generate_tab, "vram_text", None)  # predicted VRAM (one reference at D=2)
             vram = gr.Markdown(vram_fn(default_model, "auto", width.value, height.value, frames.value, refs=1,
                                        downscale=2) if vram_fn else "", elem_id="union-vram")
@@ -394,8 +399,8 @@ def build(ctx):
                           **priv)
 
     # ---- generate
-    def submit(prompt_, negative_, res, k, cs, icc, ics, table, att, um, mask, img, imgs, model_, sched_,
-               steps_, cfg_, stages_, tier_, seed_, w, h, n, f, request: gr.Request):
+    def submit(request: gr.Request, prompt_, negative_, res, k, cs, icc, ics, table, att, um, mask, img, imgs, model_,
+               sched_, steps_, cfg_, stages_, tier_, seed_, w, h, n, f, *x):
         ic = icc if icc and icc != handoff.NONE else None
         if um:
             if not mask:
@@ -405,7 +410,8 @@ def build(ctx):
                             control_kind=k, control_strength=cs, ic_choice=ic, ic_upload=None, ic_strength=ics,
                             lora_table=table, attention=att, use_mask=um, mask_path=(mask or {}).get("path"),
                             image=img, image_strength=imgs, model=model_, schedule=sched_, steps=steps_, cfg=cfg_,
-                            stages=stages_, tier=tier_, seed=seed_, width=w, height=h, frames=n, fps=f)
+                            stages=stages_, tier=tier_, seed=seed_, width=w, height=h, frames=n, fps=f,
+                            extra=extras.fields(list(x)))
         jid = ctx.submit(ctx.owner(request), "generate", req.to_dict())
         note = "" if ic else "⚠️ Generating without an IC-LoRA: the control is ignored."
         return (jid, progress_html(0, "waiting for its turn", "queued"), None, None, gr.update(value=None, visible=False),
@@ -415,7 +421,7 @@ def build(ctx):
     go.click(panel_guard(submit, 7, 1, refused, {0: None}),
              [prompt, negative, pre_result, kind, control_strength, ic_choice, ic_strength, lora_table, attention,
               use_mask, mask_in, image, image_strength, model, schedule, steps, cfg, stages, tier, seed, width,
-              height, frames, fps],
+              height, frames, fps, *extras.components],
              [job_id, progress, video, used_control, settings, shown, status], **priv)
 
     def poll(jid, already, request: gr.Request):
@@ -476,7 +482,7 @@ def build(ctx):
     reuse_outputs = [prompt, negative, pre_result, pre_report, control_video, pre_progress, kind, control_strength,
                      ic_choice, ic_strength, lora_table, attention, use_mask, image, image_strength, model, schedule,
                      steps, cfg, stages, tier, seed, width, height, frames, fps, ic_note_md,
-                     mask_state if mask_state is not None else gr.State()]
+                     mask_state if mask_state is not None else gr.State(), *extras.components]
 
     def apply_request(d: dict) -> list:
         r = GenerateRequest.from_dict(d)
@@ -501,7 +507,7 @@ def build(ctx):
                 r.image if r.image and Path(r.image).is_file() else None, r.image_strength,
                 r.model if r.model in (choices or ["tiny"]) else gr.skip(), r.schedule.value, r.steps,
                 r.guidance_scale, r.stages, r.tier.value, r.seed, r.width, r.height, r.frames, r.fps,
-                ic_note(ic_path), mask]
+                ic_note(ic_path), mask, *extras.values_from(r)]
 
     return {"clip": clip, "kind": kind, "make": make, "prompt": prompt, "settings_json": json,
             "reuse": {"outputs": reuse_outputs, "apply": apply_request}}
