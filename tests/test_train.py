@@ -239,3 +239,22 @@ def test_two_processes_share_one_run(dataset, tmp_path):
     from pipelines.models.lora import read_lora
 
     assert read_lora(run / "lora.safetensors").rank == 4
+
+
+def test_training_adapter_is_on_after_a_generation_turned_adapters_off():
+    """A generation without LoRAs turns every adapter layer of the shared model off; a training started next on
+    that model must still train through its adapter (it failed with 'element 0 of tensors does not require grad'
+    when a Union generation ran before a training in the same server)."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from pipelines.models.loader import ModelCache
+    from pipelines.models.registry import tiny_spec
+    from pipelines.training.trainer import inject_lora
+
+    tr = ModelCache().get(tiny_spec()).pipe.transformer  # a fresh model: nothing shared with other tests
+    tr.add_adapter(LoraConfig(r=2, target_modules=["to_q"]), adapter_name="from_a_generation")
+    tr.disable_adapters()  # what the engine's run without LoRAs does to the adapters the model holds
+    inject_lora(tr, rank=4, alpha=4, seed=0)
+    layers = [m for m in tr.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers and not any(m.disable_adapters for m in layers)

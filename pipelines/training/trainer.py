@@ -126,6 +126,10 @@ def inject_lora(transformer, rank: int, alpha: float, seed: int):
     finally:
         torch.random.set_rng_state(state)
     transformer.set_adapter(ADAPTER)
+    # A generation without LoRAs on this model turns every adapter layer off (the engine's _apply_loras), and a
+    # layer stays off when an adapter is added to it: the training adapter would then be skipped in the forward
+    # and the loss would have no gradient.
+    transformer.enable_adapters()
     params = [(n, p) for n, p in transformer.named_parameters() if f".{ADAPTER}." in n and "lora_" in n]
     for _, p in params:
         p.data = p.data.float()
@@ -441,6 +445,7 @@ class Trainer:
                 for name in list(eng._adapters.values()):
                     self.m.pipe.delete_adapters(name)
             self.transformer.set_adapter(ADAPTER)
+            self.transformer.enable_adapters()  # the sample may have run with every adapter off
             for _, p in self.params:
                 p.requires_grad_(True)
             self.transformer.train(was_training)
