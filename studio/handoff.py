@@ -36,6 +36,16 @@ class Size:
     fps: float = 24.0
 
 
+def playable(path: str | None) -> str | None:
+    """What a browser can play for a control: the h264 .mp4 preview written beside a lossless .mkv control (the
+    file the model reads), else the path itself."""
+    if path and str(path).lower().endswith(".mkv"):
+        mp4 = Path(path).with_suffix(".mp4")
+        if mp4.is_file():
+            return str(mp4)
+    return path
+
+
 def default_size(ctx) -> Size:
     """One default output size for every tab: the tiny model's small test size (multiples of 64, so a D=2 IC-LoRA
     fits), else the size Lightricks' IC-LoRA workflows use."""

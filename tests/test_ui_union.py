@@ -164,3 +164,24 @@ def test_preset_fills_the_form_and_keeps_tiny_size(studio_server):
     assert apply("union-pose")[2] == "pose"
     with pytest.raises(gr.Error, match="no preset"):
         apply("nope")
+
+
+def test_preprocessed_control_reaches_the_model_losslessly(union_ctx):
+    """The control the model reads is exactly what the preprocessor made (FFV1 .mkv); people get an h264 preview.
+    Through h264 (yuv420p) 1 px canny edges blur: the old .mp4 control differed from the preprocessor's output."""
+    from pipelines.control import run_control
+    from pipelines.control.types import ControlKind, resolve_options
+    from pipelines.video_io import ConformTarget, conform_file, read_video
+    from studio.kinds.preprocess import control_options
+
+    res = _make(union_ctx, width=128, height=64, frames=9)
+    assert res["control"].endswith(".mkv") and res["preview"].endswith(".mp4")
+    target = ConformTarget(width=128, height=64, frames=9, fps=24.0, pad=True)
+    frames, _, rep = conform_file(str(sample_clip_path()), target)
+    expected, _ = run_control(ControlKind.CANNY, frames, target,
+                              resolve_options(ControlKind.CANNY, control_options("canny", 92, 200, 0.0, False)),
+                              None, None, fps=rep.fps)
+    got, _ = read_video(res["control"])
+    assert np.array_equal(got, expected)
+    seen, _ = read_video(res["preview"])
+    assert seen.shape == expected.shape and not np.array_equal(seen, expected)  # the lossy preview is only for eyes

@@ -109,14 +109,20 @@ def run_control(kind: ControlKind | str, frames_or_path, target=None, options: C
 
 
 def save_control(path: str | os.PathLike, frames: np.ndarray, report: ControlReport) -> Path:
-    """Write the control video (h264, atomic) with the report as its mp4 comment, and a .json sidecar.
+    """Write the control video (atomic) with the report as its comment, and a .json sidecar.
 
-    Encoded with x264's "veryfast" preset at the usual CRF: a control video is an intermediate, and 1 px edge
-    maps cost x264's default preset over twice the time of natural footage for no visible gain."""
-    from pipelines.video_io import write_video
+    A ``.mkv`` path is written losslessly (FFV1): what the model must read, exactly the frames the preprocessor
+    made (h264's yuv420p blurs 1 px canny edges and shifts depth values). A ``.mp4`` path is h264 with x264's
+    "veryfast" preset: for people to watch (a browser cannot play FFV1), and 1 px edge maps cost the default
+    preset over twice the time of natural footage for no visible gain."""
+    from pipelines.video_io import LOSSLESS_SUFFIX, write_video, write_video_lossless
 
     path = Path(path)
-    written = write_video(path, frames, report.fps, comment=json.dumps(report.to_dict(), default=str), preset="veryfast")
+    comment = json.dumps(report.to_dict(), default=str)
+    if path.suffix.lower() == LOSSLESS_SUFFIX:
+        written = write_video_lossless(path, frames, report.fps, comment=comment)
+    else:
+        written = write_video(path, frames, report.fps, comment=comment, preset="veryfast")
     sidecar = path.with_suffix(".json")
     tmp = sidecar.with_name(f".{sidecar.name}.tmp")
     tmp.write_text(json.dumps(report.to_dict(), indent=2, default=str))

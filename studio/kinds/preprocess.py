@@ -18,7 +18,8 @@ def run_preprocess_job(request: dict, jobctx, models_dir=None) -> dict:
 
     request: {"clip", "kind", "options", "width", "height", "frames", "fps"}. Checks the backend first (a missing
     weight fails before decoding), conforms the clip once, writes the conformed input and the control video
-    (both h264 mp4, exact target frames and size) and the scrubber frames (.npy, downscaled)."""
+    (exact target frames and size: the control losslessly as .mkv, which the model reads, and as an h264 .mp4
+    preview people watch; the input as h264 mp4) and the scrubber frames (.npy, downscaled)."""
     from pipelines.control import run_control, save_control, spec_for
     from pipelines.control.types import ControlKind as CK
     from pipelines.control.types import resolve_options
@@ -44,12 +45,14 @@ def run_preprocess_job(request: dict, jobctx, models_dir=None) -> dict:
     control, report = run_control(kind, frames, target, opts, models_dir, progress, fps=conform_rep.fps)
     report.notes = list(conform_rep.changes) + [n for n in report.notes if n not in conform_rep.changes]
     report.conform = conform_rep.to_dict()
-    control_mp4 = save_control(out / f"control-{kind.value}.mp4", control, report)
+    control_mkv = save_control(out / f"control-{kind.value}.mkv", control, report)  # what the model reads
+    preview_mp4 = write_video(out / f"control-{kind.value}.mp4", control, report.fps, preset="veryfast")
     save_npy(thumbs(frames), out / "scrub-input.npy")  # whole or not at all, like every output
     save_npy(thumbs(control), out / "scrub-control.npy")
-    jobctx.add_output(control_mp4)
+    jobctx.add_output(control_mkv)
+    jobctx.add_output(preview_mp4)
     jobctx.progress(1.0, "control ready")
-    return {"control": str(control_mp4), "input": str(input_mp4), "frames": int(control.shape[0]),
+    return {"control": str(control_mkv), "preview": str(preview_mp4), "input": str(input_mp4), "frames": int(control.shape[0]),
             "width": int(control.shape[2]), "height": int(control.shape[1]), "fps": float(report.fps),
             "report": report.text(), "scrub_input": str(out / "scrub-input.npy"),
             "scrub_control": str(out / "scrub-control.npy")}

@@ -375,7 +375,8 @@ def build(ctx):
                        "height": res["height"], "frames": res["frames"], "fps": res["fps"],
                        "downscale": handoff.downscale_of(ic), "source": TITLE}
         yield (progress_html(1.0, "control ready (the Mask painter and Motion tracks can use it now)", "done"), res,
-               f"{res['report']}", res["control"], a, b, gr.update(maximum=max(1, res["frames"] - 1), value=0),
+               f"{res['report']}", handoff.playable(res["control"]), a, b,
+               gr.update(maximum=max(1, res["frames"] - 1), value=0),
                studio_clip)
 
     make_outputs = [pre_progress, pre_result, pre_report, control_video, in_frame, ctl_frame, scrub,
@@ -438,7 +439,7 @@ def build(ctx):
             ctl = None  # a still reference (trained face LoRA): it is on screen as the control frame already
         if not (job.request or {}).get("loras"):
             note = (note + "\n\n" if note else "") + "⚠️ Made without an IC-LoRA: the control was ignored."
-        return prog, prev, vid, ctl, gr.update(value=sett, visible=True), note, jid
+        return prog, prev, vid, handoff.playable(ctl), gr.update(value=sett, visible=True), note, jid
 
     timer.tick(guard(poll), [job_id, shown], [progress, preview, video, used_control, settings, status, shown],
                show_progress="hidden", **priv)
@@ -499,7 +500,7 @@ def build(ctx):
         kind_v = c.kind.value if c and c.kind and c.kind.value in KINDS else "passthrough"
         res = {"control": c.path} if c else None
         return [r.prompt, r.negative_prompt, res,
-                f"Control from the reused job: {Path(c.path).name}" if c else "", c.path if c else None,
+                f"Control from the reused job: {Path(c.path).name}" if c else "", handoff.playable(c.path) if c else None,
                 progress_html(1, "control from History", "done") if c else progress_html(0, "no control yet", "idle"),
                 kind_v, c.strength if c else 1.0,
                 gr.update(choices=handoff.with_choice(ic_options, ic_path), value=ic_path or handoff.NONE),
