@@ -200,9 +200,10 @@ def test_union_canny_reaches_a_video_with_the_demo_ic_lora(union_run):
     assert union_run["sidecar"]["reference_downscale_factor"] == 2
     assert req["controls"][0]["kind"] == "canny" and ".mp4" in union_run["src"]
     assert "without an IC-LoRA" not in union_run["status"]
-    # the progress line named what the job was doing, with a fraction that moved
+    # the progress line named what the job was doing, with a fraction, and moved on to done: how many running
+    # phases the page's 1 s poll catches depends on the machine (a fast CI box finishes between two polls)
     assert any("%" in lab and "running" in lab for lab in union_run["labels"])
-    assert len({lab for lab in union_run["labels"] if "running" in lab}) >= 2
+    assert any(lab.startswith("done") and "100%" in lab for lab in union_run["labels"])
 
 
 def test_union_without_ic_lora_says_the_control_is_ignored(tab):
