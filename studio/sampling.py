@@ -64,6 +64,8 @@ class SamplingExtras:
         """GenerateRequest keyword arguments from the components' values (same order as ``components``)."""
         from pipelines.errors import UserError
 
+        if not values:  # a caller that sets none of them (a handler called directly): the request's defaults
+            return {}
         audio, stg, blocks, rescale, modality, audio_cfg, *rows = values
         try:
             stg_blocks = [int(b) for b in str(blocks or "").replace(";", ",").split(",") if b.strip()]
