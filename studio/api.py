@@ -90,12 +90,13 @@ def install_api(ctx) -> None:
     def preprocess(clip: FileData, kind: str, width: int, height: int, frames: int, fps: float, options: dict,
                    req: gr.Request) -> str:
         """Make a control video from a clip (a light job); returns the job id. options: canny low/high/blur,
-        depth/passthrough invert."""
+        depth/passthrough invert, and "cleanup": {fps_mode, denoise, deflicker, temporal_smooth, edge_thickness,
+        edge_contrast} (pipelines.control.cleanup)."""
         from studio.kinds.preprocess import submit_preprocess
 
         o = dict(options or {})
         return submit_preprocess(ctx, _path(clip), kind, o.get("low", 92), o.get("high", 200), o.get("blur", 0.0),
-                                 o.get("invert", False), width, height, frames, fps, req)
+                                 o.get("invert", False), width, height, frames, fps, req, cleanup=o.get("cleanup"))
 
     @guard
     def tracks_render(tracks: FileData, width: int, height: int, frames: int, req: gr.Request) -> FileData:

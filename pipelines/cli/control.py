@@ -6,7 +6,7 @@ import argparse
 _KINDS = ("canny", "depth", "pose", "passthrough")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, edges: bool = False) -> None:
     p.add_argument("video", help="input video (for passthrough: your own control video)")
     p.add_argument("--out", required=True, help="output .mp4 (h264); a .json report is written beside it")
     p.add_argument("--width", type=int, help="target width (multiple of 32; default: the source's, made valid)")
@@ -15,6 +15,21 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, help="target frame rate (default: the source's)")
     p.add_argument("--pad", action="store_true", help="hold the last frame to reach --frames instead of refusing")
     p.add_argument("--models-dir", help="folder with preprocessor weights (default $ICLORA_MODELS_DIR)")
+    g = p.add_argument_group("clean-up (pipelines.control.cleanup; each step is measured in the report)")
+    g.add_argument("--fps-mode", choices=("nearest", "blend"), default="nearest",
+                   help="match --fps by the nearest frame (crisp edges) or by blending neighbours (smooth depth)")
+    g.add_argument("--denoise", type=int, default=0, help="median filter radius in px (0 = off)")
+    g.add_argument("--deflicker", action="store_true", help="even out per-frame brightness flicker")
+    g.add_argument("--smooth", dest="temporal_smooth", type=float, default=0.0,
+                   help="temporal smoothing: Gaussian sigma in frames, centred, no lag (0 = off)")
+    if edges:
+        g.add_argument("--edge-thickness", type=int, default=0, help="thicken edges by this many px after clean-up")
+        g.add_argument("--edge-contrast", type=float, default=1.0, help="gain around mid-gray (1 = off)")
+
+
+def _cleanup(args) -> dict:
+    keys = ("fps_mode", "denoise", "deflicker", "temporal_smooth", "edge_thickness", "edge_contrast")
+    return {k: getattr(args, k) for k in keys if hasattr(args, k)}
 
 
 def register(subparsers) -> None:
@@ -28,7 +43,7 @@ def register(subparsers) -> None:
     p.set_defaults(handler=_list)
 
     p = sub.add_parser("canny", help="Canny edges (OpenCV, 92/200 by default)")
-    _common(p)
+    _common(p, edges=True)
     p.add_argument("--low", dest="low_threshold", type=int, default=92)
     p.add_argument("--high", dest="high_threshold", type=int, default=200)
     p.add_argument("--blur", dest="blur_sigma", type=float, default=0.0, help="Gaussian pre-blur sigma in px")
@@ -58,7 +73,7 @@ def register(subparsers) -> None:
                    option_names=("backend", "detect_every", "max_people", "max_gap", "smoothing", "stick_width", "device"))
 
     p = sub.add_parser("passthrough", help="your own control video (Blender depth, LiDAR), conformed")
-    _common(p)
+    _common(p, edges=True)
     p.add_argument("--invert", action="store_true")
     p.add_argument("--gray", action="store_true", help="convert to gray 3-channel")
     p.add_argument("--smoothing", type=float, default=0.0, help="EMA weight of the previous frame (0..0.99)")
@@ -102,7 +117,8 @@ def _run(args) -> int:
             last[0] = pct
             print(f"\r{pct:3d}% {text:<40}", end="", file=sys.stderr, flush=True)
 
-    frames, report = run_control(args.kind, args.video, target, options, models_dir=args.models_dir, progress=progress)
+    frames, report = run_control(args.kind, args.video, target, options, models_dir=args.models_dir, progress=progress,
+                                 cleanup=_cleanup(args))
     if sys.stderr.isatty():
         print(file=sys.stderr)
     out = save_control(args.out, frames, report)

@@ -43,15 +43,21 @@ def _as_frames(array) -> np.ndarray:
 
 def run_control(kind: ControlKind | str, frames_or_path, target=None, options: ControlOptions | dict | None = None,
                 models_dir: str | os.PathLike | None = None, progress: ProgressFn | None = None, *,
-                fps: float | None = None) -> tuple[np.ndarray, ControlReport]:
+                fps: float | None = None, cleanup=None) -> tuple[np.ndarray, ControlReport]:
     """Make the control video for `kind` from a file path or uint8 frames [T,H,W,3] (then `fps` is the source
     rate; default the target's, else 24). Returns (frames uint8 [T,H,W,3] at exactly the target frames/size,
     report). Raises UserError for bad input, missing packages or missing weights (listing the paths searched).
+
+    ``cleanup`` (pipelines.control.cleanup.CleanupOptions or its dict) runs after the preprocessor; its fps mode
+    "blend" resamples the source to the target frame rate before conforming. What it did is in ``report.cleanup``.
     """
-    from pipelines.video_io import ConformTarget, conform, conform_file
+    from pipelines.control.cleanup import CleanupOptions, check_kind, clean_control, record, summary
+    from pipelines.video_io import ConformTarget
 
     kind = ControlKind.parse(kind)
     opts = resolve_options(kind, options)
+    clean = CleanupOptions.from_dict(cleanup)
+    check_kind(clean, kind.value)
     spec = spec_for(kind, opts)
     weights_dir = spec.require(models_dir)
     target = target if target is not None else ConformTarget()
@@ -59,13 +65,9 @@ def run_control(kind: ControlKind | str, frames_or_path, target=None, options: C
 
     if progress is not None:
         progress(0.0, "reading video")
-    if isinstance(frames_or_path, (str, os.PathLike)):
-        frames, _src_fps, conform_report = conform_file(Path(frames_or_path), target)
-    else:
-        src = _as_frames(frames_or_path)
-        frames, conform_report = conform(src, float(fps or target.fps or DEFAULT_FPS), target)
+    frames, conform_report, fps_note = conform_source(frames_or_path, target, fps=fps, fps_mode=clean.fps_mode)
     frames = np.ascontiguousarray(frames)
-    sub = _scaled(progress, _CONFORM_SHARE, 1.0)
+    sub = _scaled(progress, _CONFORM_SHARE, 0.95 if clean.active else 1.0)
 
     details: dict = {}
     if kind is ControlKind.CANNY:
@@ -95,8 +97,13 @@ def run_control(kind: ControlKind | str, frames_or_path, target=None, options: C
     want = (conform_report.frames, conform_report.height, conform_report.width, 3)
     if out.shape != want or out.dtype != np.uint8:  # a bug, not a user error
         raise RuntimeError(f"{kind.value} produced {out.shape} {out.dtype}; expected {want} uint8")
+    steps = []
+    if clean.active:
+        out, steps = clean_control(out, clean, kind.value, _scaled(progress, 0.95, 1.0))
 
     notes = list(conform_report.changes)
+    if steps:
+        notes.append(summary(steps))
     if kind is ControlKind.CANNY and (opts.low_threshold, opts.high_threshold) != (92, 200):
         notes.append(f"thresholds {opts.low_threshold}/{opts.high_threshold} differ from the Union LoRA's 92/200")
     report = ControlReport(
@@ -104,8 +111,58 @@ def run_control(kind: ControlKind | str, frames_or_path, target=None, options: C
         frames=conform_report.frames, fps=float(conform_report.fps), options=options_to_dict(opts),
         conform=conform_report.to_dict(), seconds=round(time.perf_counter() - started, 3), notes=notes,
         weights=str(weights_dir) if weights_dir else None,
-        device=details.get("device") or details.get("provider"), details=details)
+        device=details.get("device") or details.get("provider"), details=details,
+        cleanup=record(clean, steps, fps_note) if (steps or fps_note or clean.fps_mode != "nearest") else None)
     return out, report
+
+
+def conform_source(frames_or_path, target, *, fps: float | None = None,
+                   fps_mode: str = "nearest") -> tuple[np.ndarray, "object", str | None]:
+    """Conform a clip (path or uint8 frames at `fps`) to the target: (frames, ConformReport, fps note or None).
+
+    fps_mode "nearest" is video_io.conform's own resample (the frame shown at each instant); "blend" first
+    resamples the source to the target rate by blending neighbouring frames (pipelines.control.cleanup), then
+    conforms. The note says how the rates were matched, for the control's report."""
+    from pipelines.control.cleanup import match_fps
+    from pipelines.video_io import conform, conform_file
+
+    fps_note = None
+    if fps_mode == "blend" and target.fps is not None:
+        src, src_fps, pre = _read_source(frames_or_path, fps, target)
+        if abs(src_fps - target.fps) > 1e-3 * src_fps:
+            n0 = len(src)
+            src = match_fps(src, src_fps, float(target.fps), "blend")
+            fps_note = (f"fps matched {src_fps:.3f} -> {float(target.fps):.3f} by blending neighbouring frames "
+                        f"({n0} frames became {len(src)})")
+        frames, rep = conform(src, float(target.fps) if fps_note else src_fps, target)
+        rep.changes[:0] = pre + ([fps_note] if fps_note else [])
+        return frames, rep, fps_note
+    if isinstance(frames_or_path, (str, os.PathLike)):
+        frames, _src_fps, rep = conform_file(Path(frames_or_path), target)
+    else:
+        frames, rep = conform(_as_frames(frames_or_path), float(fps or target.fps or DEFAULT_FPS), target)
+    src_fps = rep.source.get("fps")
+    if src_fps and target.fps is not None and abs(float(src_fps) - float(target.fps)) > 1e-3 * float(target.fps):
+        fps_note = f"fps matched {float(src_fps):.3f} -> {float(target.fps):.3f} by the nearest frame in time"
+    return frames, rep, fps_note
+
+
+def _read_source(frames_or_path, fps, target) -> tuple[np.ndarray, float, list[str]]:
+    """The source frames at their own rate (for an fps match that blends before conforming), only as many as
+    the target needs."""
+    import math
+
+    from pipelines.video_io import probe, read_video
+
+    if isinstance(frames_or_path, (str, os.PathLike)):
+        info = probe(frames_or_path)
+        need = None
+        if target.frames is not None and target.fps:
+            need = int(math.ceil((target.frames - 1) * info.fps / float(target.fps))) + 2
+        frames, src_fps = read_video(frames_or_path, max_frames=need, info=info)
+        notes = [f"rotated {info.rotation}° clockwise as the file's rotation tag says"] if info.rotation else []
+        return frames, float(src_fps), notes
+    return _as_frames(frames_or_path), float(fps or target.fps or DEFAULT_FPS), []
 
 
 def save_control(path: str | os.PathLike, frames: np.ndarray, report: ControlReport) -> Path:

@@ -218,6 +218,7 @@ class ControlReport:
     weights: str | None = None   # folder the weights were loaded from, when the backend has weights
     device: str | None = None
     details: dict = field(default_factory=dict)   # backend figures: model input size, depth range, people, ...
+    cleanup: dict | None = None   # clean-up options and the steps that ran, measured (pipelines.control.cleanup)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

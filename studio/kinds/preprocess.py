@@ -16,24 +16,30 @@ PREVIEW_MIN_SIDE = 256  # ...and at least this big (tiny test sizes are upscaled
 def run_preprocess_job(request: dict, jobctx, models_dir=None) -> dict:
     """Job 'preprocess' (light lane): make the control video for one clip.
 
-    request: {"clip", "kind", "options", "width", "height", "frames", "fps"}. Checks the backend first (a missing
-    weight fails before decoding), conforms the clip once, writes the conformed input and the control video
-    (exact target frames and size: the control losslessly as .mkv, which the model reads, and as an h264 .mp4
-    preview people watch; the input as h264 mp4) and the scrubber frames (.npy, downscaled)."""
+    request: {"clip", "kind", "options", "width", "height", "frames", "fps", "cleanup"}. Checks the backend first
+    (a missing weight fails before decoding), conforms the clip once, writes the conformed input and the control
+    video (exact target frames and size: the control losslessly as .mkv, which the model reads, and as an h264
+    .mp4 preview people watch; the input as h264 mp4) and the scrubber frames (.npy, downscaled). With a
+    clean-up, the control before it is kept as scrubber frames too (scrub-control-raw.npy: the before/after view)
+    and the clean-up, measured, goes into the control's report."""
     from pipelines.control import run_control, save_control, spec_for
+    from pipelines.control.cleanup import CleanupOptions, check_kind, clean_control, record, summary
+    from pipelines.control.run import conform_source
     from pipelines.control.types import ControlKind as CK
     from pipelines.control.types import resolve_options
     from pipelines.masks import save_npy
-    from pipelines.video_io import ConformTarget, conform_file, write_video
+    from pipelines.video_io import ConformTarget, write_video
 
     kind = CK.parse(request["kind"])
     opts = resolve_options(kind, dict(request.get("options") or {}))
+    clean = CleanupOptions.from_dict(request.get("cleanup"))
+    check_kind(clean, kind.value)
     spec_for(kind, opts).require(models_dir)
     target = ConformTarget(width=request.get("width"), height=request.get("height"), frames=request.get("frames"),
                            fps=request.get("fps"), pad=bool(request.get("pad", True)))
     out = Path(jobctx.out_dir)
     jobctx.progress(0.02, "reading clip")
-    frames, _, conform_rep = conform_file(request["clip"], target)
+    frames, conform_rep, fps_note = conform_source(request["clip"], target, fps_mode=clean.fps_mode)
     jobctx.raise_if_cancelled()
     input_mp4 = write_video(out / "input.mp4", np.ascontiguousarray(frames), conform_rep.fps, preset="veryfast")
 
@@ -45,17 +51,29 @@ def run_preprocess_job(request: dict, jobctx, models_dir=None) -> dict:
     control, report = run_control(kind, frames, target, opts, models_dir, progress, fps=conform_rep.fps)
     report.notes = list(conform_rep.changes) + [n for n in report.notes if n not in conform_rep.changes]
     report.conform = conform_rep.to_dict()
+    raw = control
+    steps = []
+    if clean.active:
+        jobctx.progress(0.95, "cleaning the control")
+        control, steps = clean_control(control, clean, kind.value)
+        report.notes.append(summary(steps))
+    if steps or fps_note or clean.fps_mode != "nearest":
+        report.cleanup = record(clean, steps, fps_note)
     control_mkv = save_control(out / f"control-{kind.value}.mkv", control, report)  # what the model reads
     preview_mp4 = write_video(out / f"control-{kind.value}.mp4", control, report.fps, preset="veryfast")
     save_npy(thumbs(frames), out / "scrub-input.npy")  # whole or not at all, like every output
     save_npy(thumbs(control), out / "scrub-control.npy")
+    result = {"control": str(control_mkv), "preview": str(preview_mp4), "input": str(input_mp4),
+              "frames": int(control.shape[0]), "width": int(control.shape[2]), "height": int(control.shape[1]),
+              "fps": float(report.fps), "report": report.text(), "scrub_input": str(out / "scrub-input.npy"),
+              "scrub_control": str(out / "scrub-control.npy"), "cleanup": report.cleanup}
+    if steps:
+        save_npy(thumbs(raw), out / "scrub-control-raw.npy")
+        result["scrub_control_raw"] = str(out / "scrub-control-raw.npy")
     jobctx.add_output(control_mkv)
     jobctx.add_output(preview_mp4)
     jobctx.progress(1.0, "control ready")
-    return {"control": str(control_mkv), "preview": str(preview_mp4), "input": str(input_mp4), "frames": int(control.shape[0]),
-            "width": int(control.shape[2]), "height": int(control.shape[1]), "fps": float(report.fps),
-            "report": report.text(), "scrub_input": str(out / "scrub-input.npy"),
-            "scrub_control": str(out / "scrub-control.npy")}
+    return result
 
 
 def thumbs(frames: np.ndarray) -> np.ndarray:
@@ -82,7 +100,8 @@ def control_options(kind: str, low, high, blur, invert) -> dict:
     return {}
 
 
-def submit_preprocess(ctx, clip, kind, low, high, blur, invert, width, height, frames, fps, request) -> str:
+def submit_preprocess(ctx, clip, kind, low, high, blur, invert, width, height, frames, fps, request,
+                      cleanup: dict | None = None) -> str:
     """Check the choice (a missing weight is refused here, at once, with the paths searched) and submit the job."""
     from pipelines.control import spec_for
     from pipelines.control.types import ControlKind as CK
@@ -96,6 +115,12 @@ def submit_preprocess(ctx, clip, kind, low, high, blur, invert, width, height, f
     spec_for(k, resolve_options(k, dict(opts))).require(ctx.models_dir)
     req = {"clip": str(clip), "kind": k.value, "options": opts, "width": int(width), "height": int(height),
            "frames": int(frames), "fps": float(fps)}
+    if cleanup:
+        from pipelines.control.cleanup import CleanupOptions, check_kind
+
+        clean = CleanupOptions.from_dict(cleanup)
+        check_kind(clean, k.value)
+        req["cleanup"] = clean.to_dict()
     GenerateRequest(prompt="x", width=req["width"], height=req["height"], frames=req["frames"], fps=req["fps"]).validate()
     return ctx.jobs.submit(ctx.owner(request), KIND, req)
 
@@ -114,6 +139,10 @@ def check_preprocess(ctx, owner: str, request: dict) -> dict:
         limits.check_video("control video", 32, 32, n)
     if not request.get("clip"):
         raise UserError("no clip: upload a video or press 'Use sample clip'")
+    if request.get("cleanup"):
+        from pipelines.control.cleanup import CleanupOptions, check_kind
+
+        check_kind(CleanupOptions.from_dict(request["cleanup"]), str(request.get("kind")))
     request = check_request_paths(request, checker_for(ctx, owner))
     info = probe_video_input(request["clip"], "clip", frames=n, fps=request.get("fps"), limits=limits)
     if n is None:  # the whole clip becomes the control: its own length and size count
