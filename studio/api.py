@@ -3,6 +3,7 @@
     generate(request)                  -> job id      (a GenerateRequest dict; paths from `upload` or the assets)
     preprocess(clip, kind, w, h, n, fps, options) -> job id   (control video: canny / depth / pose / passthrough)
     tracks_render(tracks, w, h, frames) -> file       (the Motion-Track control video: a light job, waited for)
+    sweep(request, axis, values, columns) -> job id   (A/B with / without the IC-LoRA, strengths, seeds + grid mp4)
     train(dataset, request)            -> job id      (a .zip of clips + TrainRequest fields without data/out)
     train_control(job_id, action)      -> message     (sample_now / save_now / stop a running training)
     upload(file)                       -> server path (for the path fields of a request)
@@ -30,7 +31,7 @@ def _path(f) -> str:
     return str(p)
 
 
-API_CONCURRENCY = {"generate": 8, "upload": 4, "preprocess": 8, "tracks_render": 4, "train": 2, "resume": 4,
+API_CONCURRENCY = {"generate": 8, "sweep": 4, "upload": 4, "preprocess": 8, "tracks_render": 4, "train": 2, "resume": 4,
                    "train_control": 8}
 MAX_OPEN_WAITS = 8        # /wait calls one user may hold open at once
 MAX_WAIT_SECONDS = 3600.0  # the longest one /wait call blocks
@@ -76,6 +77,18 @@ def install_api(ctx) -> None:
         ctx.limits.check_generate(request)  # sizes and counts first: 1000 controls are refused before any path
         body = GenerateRequest.from_dict(check_request_paths(request, checker_for(ctx, owner))).validate()
         return ctx.submit(owner, "generate", body.to_dict())
+
+    @guard
+    def sweep(request: dict, axis: str, values: list, columns: int, req: gr.Request) -> str:
+        """Run a GenerateRequest several ways as one batch: axis "ab" (with and without its IC-LoRA, no values),
+        "attention_strength" / "control_strength" (values in [0, 1]) or "seed"; returns the job id. The result
+        holds every video, grid.mp4 (side by side, labelled) and the pairwise differences."""
+        from studio.kinds.sweep import submit_sweep
+
+        owner = ctx.owner(req)
+        ctx.limits.check_generate(request)
+        request = check_request_paths(request, checker_for(ctx, owner))
+        return submit_sweep(ctx, owner, request, axis, values, columns)
 
     @guard
     def upload(file: FileData, req: gr.Request) -> str:
@@ -176,7 +189,7 @@ def install_api(ctx) -> None:
 
     # Handlers that read or write files or probe inputs run at most a few at once (Gradio runs plain functions
     # on a 40-thread pool shared by everyone); status calls and the coroutine /wait are unlimited.
-    for fn in (generate, upload, preprocess, tracks_render, train, train_control, job, wait, cancel, resume, jobs,
+    for fn in (generate, sweep, upload, preprocess, tracks_render, train, train_control, job, wait, cancel, resume, jobs,
                models):
         gr.api(fn, api_name=fn.__name__, concurrency_limit=API_CONCURRENCY.get(fn.__name__),
                concurrency_id=f"api-{fn.__name__}")

@@ -9,6 +9,7 @@ studio with no tab at all). Each kind lives in its own module:
     train       an IC-LoRA training run, resumable (gpu lane)
     tracks      a track file rendered as the Motion-Track control video (light lane)
     download    the official weights from the Hugging Face Hub, in a child process (light lane)
+    sweep       one request run several ways as one batch (A/B, strengths, seeds) + the grid mp4 (gpu lane)
 
 Every kind registers a check that runs at submit (size limits from pipelines.limits, paths, inputs probed), so
 a request that must not run is refused before it is queued, from any tab, the API or a resume.
@@ -23,9 +24,9 @@ import time
 
 def register_all(ctx) -> None:
     """Register every job kind on ``ctx.jobs`` (idempotent: a kind already registered is left as it is)."""
-    from studio.kinds import download, generate, preprocess, tracks, train
+    from studio.kinds import download, generate, preprocess, sweep, tracks, train
 
-    for mod in (generate, preprocess, train, tracks, download):
+    for mod in (generate, preprocess, train, tracks, download, sweep):
         mod.register(ctx)
 
 
