@@ -3,6 +3,7 @@
     generate(request)                  -> job id      (a GenerateRequest dict; paths from `upload` or the assets)
     preprocess(clip, kind, w, h, n, fps, options) -> job id   (control video: canny / depth / pose / passthrough)
     tracks_render(tracks, w, h, frames) -> file       (the Motion-Track control video: a light job, waited for)
+    enhance(request)                   -> result      (the model's Gemma rewrites a prompt: a light job, waited for)
     sweep(request, axis, values, columns) -> job id   (A/B with / without the IC-LoRA, strengths, seeds + grid mp4)
     train(dataset, request)            -> job id      (a .zip of clips + TrainRequest fields without data/out)
     train_control(job_id, action)      -> message     (sample_now / save_now / stop a running training)
@@ -31,7 +32,7 @@ def _path(f) -> str:
     return str(p)
 
 
-API_CONCURRENCY = {"generate": 8, "sweep": 4, "upload": 4, "preprocess": 8, "tracks_render": 4, "train": 2, "resume": 4,
+API_CONCURRENCY = {"generate": 8, "sweep": 4, "enhance": 2, "upload": 4, "preprocess": 8, "tracks_render": 4, "train": 2, "resume": 4,
                    "train_control": 8}
 MAX_OPEN_WAITS = 8        # /wait calls one user may hold open at once
 MAX_WAIT_SECONDS = 3600.0  # the longest one /wait call blocks
@@ -89,6 +90,18 @@ def install_api(ctx) -> None:
         ctx.limits.check_generate(request)
         request = check_request_paths(request, checker_for(ctx, owner))
         return submit_sweep(ctx, owner, request, axis, values, columns)
+
+    @guard
+    def enhance(request: dict, req: gr.Request) -> dict:
+        """Rewrite a short prompt with the loaded model's Gemma 3, in the style LTX-2.3 was trained on: request
+        {"prompt", "model", "image" (optional: a frame to look at, path from /upload), "frame", "seed",
+        "max_new_tokens", "temperature"}. Runs as a light job (never behind the GPU queue) and returns
+        {"text", "raw", "seconds", "tokens", "used_image", "notice"}; on the tiny model the words are noise."""
+        from studio.kinds.enhance import enhance_now
+
+        owner = ctx.owner(req)
+        request = check_request_paths(dict(request or {}), checker_for(ctx, owner))
+        return enhance_now(ctx, owner, request)
 
     @guard
     def upload(file: FileData, req: gr.Request) -> str:
@@ -189,7 +202,7 @@ def install_api(ctx) -> None:
 
     # Handlers that read or write files or probe inputs run at most a few at once (Gradio runs plain functions
     # on a 40-thread pool shared by everyone); status calls and the coroutine /wait are unlimited.
-    for fn in (generate, sweep, upload, preprocess, tracks_render, train, train_control, job, wait, cancel, resume, jobs,
+    for fn in (generate, sweep, enhance, upload, preprocess, tracks_render, train, train_control, job, wait, cancel, resume, jobs,
                models):
         gr.api(fn, api_name=fn.__name__, concurrency_limit=API_CONCURRENCY.get(fn.__name__),
                concurrency_id=f"api-{fn.__name__}")

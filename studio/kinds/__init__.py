@@ -9,6 +9,7 @@ studio with no tab at all). Each kind lives in its own module:
     train       an IC-LoRA training run, resumable (gpu lane)
     tracks      a track file rendered as the Motion-Track control video (light lane)
     download    the official weights from the Hugging Face Hub, in a child process (light lane)
+    enhance     the loaded model's Gemma rewrites a short prompt (light lane, beside the GPU job)
     sweep       one request run several ways as one batch (A/B, strengths, seeds) + the grid mp4 (gpu lane)
 
 Every kind registers a check that runs at submit (size limits from pipelines.limits, paths, inputs probed), so
@@ -24,9 +25,9 @@ import time
 
 def register_all(ctx) -> None:
     """Register every job kind on ``ctx.jobs`` (idempotent: a kind already registered is left as it is)."""
-    from studio.kinds import download, generate, preprocess, sweep, tracks, train
+    from studio.kinds import download, enhance, generate, preprocess, sweep, tracks, train
 
-    for mod in (generate, preprocess, train, tracks, download, sweep):
+    for mod in (generate, preprocess, train, tracks, download, sweep, enhance):
         mod.register(ctx)
 
 
