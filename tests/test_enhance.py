@@ -90,8 +90,11 @@ def test_a_generation_waits_at_most_one_token_step(tiny_model):
         handle.remove()
     r = out["r"]
     assert not t.is_alive() and 0 < r.tokens <= 40  # finished (an end token may come early)
-    print(f"generation side waited {max(waits) * 1000:.0f} ms at most; enhancer waited {max(r.lock_waits):.2f} s")
-    assert max(waits) < 4 * step_s + 0.1  # one step (plus scheduling), never the whole enhancement
+    step = max(r.step_seconds)
+    print(f"generation side waited {max(waits) * 1000:.0f} ms at most (longest step {step * 1000:.0f} ms, whole "
+          f"enhancement {r.seconds:.1f} s); enhancer waited {max(r.lock_waits):.2f} s")
+    assert max(waits) <= step + 0.1  # one step (plus thread scheduling), never the whole enhancement
+    assert r.seconds > 5 * step
     assert max(r.lock_waits) >= 0.15  # and the enhancer did wait for the other side
 
 

@@ -143,6 +143,7 @@ class EnhanceResult:
     used_image: bool
     notice: str = ""
     lock_waits: list[float] = field(default_factory=list, repr=False)  # seconds each step waited for the lock
+    step_seconds: list[float] = field(default_factory=list, repr=False)  # seconds each step held the lock
 
     def to_dict(self) -> dict:
         return {"text": self.text, "raw": self.raw, "seconds": round(self.seconds, 3), "tokens": self.tokens,
@@ -263,6 +264,7 @@ def enhance_prompt(loaded, req: EnhanceRequest, should_cancel: Callable[[], bool
 
     cache_kw = "cache" if "cache" in inspect.signature(te.forward).parameters else "past_key_values"  # renamed in 5.x
     waits: list[float] = []
+    held: list[float] = []
     out_ids: list[int] = []
     step_ids, mask = ids, torch.ones_like(ids)
     for step in range(int(req.max_new_tokens)):
@@ -277,6 +279,7 @@ def enhance_prompt(loaded, req: EnhanceRequest, should_cancel: Callable[[], bool
                 kw["pixel_values"] = pixel_values.to(dev, next(te.parameters()).dtype)
             with torch.no_grad():
                 logits = te(**kw).logits[0, -1].to("cpu")
+            held.append(time.perf_counter() - asked - waits[-1])
         nxt = _sample(logits, float(req.temperature), gen)
         if nxt in stops:
             break
@@ -292,4 +295,5 @@ def enhance_prompt(loaded, req: EnhanceRequest, should_cancel: Callable[[], bool
         text = req.prompt.strip()
         notice = (notice + "; " if notice else "") + "the model returned nothing usable; your prompt is kept as it was"
     return EnhanceResult(text=text, raw=raw, seconds=time.perf_counter() - t0, tokens=len(out_ids),
-                         used_image=pixel_values is not None, notice=notice, lock_waits=waits)
+                         used_image=pixel_values is not None, notice=notice, lock_waits=waits,
+                         step_seconds=held)
