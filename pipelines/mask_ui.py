@@ -19,11 +19,14 @@ import numpy as np
 from pipelines import masks
 from pipelines.errors import UserError
 
-PAINT_RGB = (255, 51, 85)  # brush colour of the painted layer (only its alpha matters)
+PAINT_RGB = (255, 51, 85)  # brush colour of the painted layer at value 1
+# Values the brush paints (multi-region strength): each is PAINT_RGB darkened to that value; a stroke's value is
+# its shade (brightest channel / 255) times its alpha, so a 0.5 stroke over a 1.0 region sets it to 0.5.
+PAINT_LEVELS = (1.0, 0.75, 0.5, 0.25)
 LATENT_CELL = masks.LATENT_SPATIAL
 
 __all__ = [
-    "editor_scale", "fit_frame", "blank_frame", "alpha_from_editor", "resize_alpha", "layer_from_alpha",
+    "PAINT_LEVELS", "paint_color", "paint_hex", "layer_values", "editor_scale", "fit_frame", "blank_frame", "alpha_from_editor", "resize_alpha", "layer_from_alpha",
     "editor_value", "paint_shapes", "shape_from_box", "KeyframeRow", "keyframe_rows", "build_spec",
     "reference_mask", "latent_frame_index", "pixel_overlay", "latent_overlay", "weights_table",
     "preview_strip",
@@ -67,8 +70,28 @@ def upscale(img: np.ndarray, scale: int) -> np.ndarray:
     return np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
 
 
+def paint_color(value: float) -> tuple[int, int, int]:
+    """The brush colour that paints `value` (PAINT_RGB darkened to it)."""
+    v = min(max(float(value), 0.0), 1.0)
+    return tuple(int(round(c * v)) for c in PAINT_RGB)
+
+
+def paint_hex(value: float) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*paint_color(value))
+
+
+def layer_values(layer: np.ndarray) -> np.ndarray:
+    """Painted values of an RGBA layer in [0, 1]: alpha x shade, the shade being the brightest channel relative to
+    PAINT_RGB's (1 for the full-value brush, 0.5 for the half-value one)."""
+    rgba = np.asarray(layer)
+    alpha = rgba[..., 3].astype(np.float32) / 255.0
+    shade = rgba[..., :3].max(axis=-1).astype(np.float32) / float(max(PAINT_RGB))
+    return np.clip(alpha * np.minimum(shade, 1.0), 0.0, 1.0)
+
+
 def alpha_from_editor(value: dict | None, width: int, height: int) -> np.ndarray:
-    """The painted mask of an ImageMask value: alpha of layers[0] in [0,1], float32 (height, width).
+    """The painted mask of an ImageMask value: the values of layers[0] in [0,1] (alpha x brush shade, see
+    PAINT_LEVELS), float32 (height, width).
 
     No value / no layer -> zeros. A layer at another size (the display-scaled canvas) is area-averaged to the
     target; an RGB layer (no alpha) is read as gray."""
@@ -77,7 +100,7 @@ def alpha_from_editor(value: dict | None, width: int, height: int) -> np.ndarray
         return np.zeros(out_shape, np.float32)
     layer = np.asarray(value["layers"][0])
     if layer.ndim == 3 and layer.shape[2] == 4:
-        alpha = layer[..., 3]
+        alpha = layer_values(layer)
     elif layer.ndim == 3:
         alpha = cv2.cvtColor(np.ascontiguousarray(layer[..., :3]).astype(np.uint8), cv2.COLOR_RGB2GRAY)
     elif layer.ndim == 2:

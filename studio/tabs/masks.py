@@ -245,10 +245,13 @@ def build(ctx):
             with gr.Row():
                 frame = gr.Slider(0, f0 - 1, value=0, step=1, label="Frame", elem_id="mask-frame", scale=4)
                 load = gr.Button("Load frame", elem_id="mask-load", scale=1)
-            editor = gr.ImageMask(type="numpy", layers=False, format="png", label="Paint the mask (white = control "
-                                  "applies). Brush and eraser; feather softens it.", image_mode="RGBA",
-                                  sources=["upload"], transforms=(), elem_id="mask-editor",
-                                  brush=gr.Brush(colors=["#ff3355"], color_mode="fixed", default_size=24),
+            editor = gr.ImageMask(type="numpy", layers=False, format="png", label="Paint the mask (painted = control "
+                                  "applies). The brush's shade is its value: brightest 1, then 0.75, 0.5, 0.25 "
+                                  "(different strengths in different regions); eraser = 0; feather softens it.",
+                                  image_mode="RGBA", sources=["upload"], transforms=(), elem_id="mask-editor",
+                                  brush=gr.Brush(colors=[mask_ui.paint_hex(v) for v in mask_ui.PAINT_LEVELS],
+                                                 default_color=mask_ui.paint_hex(1.0), color_mode="fixed",
+                                                 default_size=24),
                                   eraser=gr.Eraser(default_size=24), canvas_size=(576, 384), height=460)
             paint_msg = gr.Markdown(elem_id="mask-paint-msg")
             with gr.Accordion("Shapes (by numbers, target pixels)", open=False):
