@@ -163,16 +163,9 @@ def without_ic_lora(request: dict) -> tuple[dict, str]:
 
 
 def _is_ic_lora(path) -> bool:
-    if not path:
-        return False
-    try:
-        from safetensors import safe_open
+    from pipelines.fit import is_ic_lora
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception:  # noqa: BLE001  an unreadable file is refused by the generate checks, not here
-        return False
-    return "reference_downscale_factor" in meta or "reference_temporal_scale_factor" in meta
+    return bool(path) and is_ic_lora(path)
 
 
 # ---------------------------------------------------------------------------------------------- running
