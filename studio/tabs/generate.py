@@ -109,6 +109,7 @@ def build(ctx):
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, value="a woman walking in a city street at night, cinematic",
                                 elem_id="gen-prompt")
+            enhance_slot = gr.Column()  # the "Enhance prompt" button (studio.enhance_ui), wired below
             negative = gr.Textbox(label="Negative prompt (Full schedule)", lines=1, max_lines=2,
                                   value=OFFICIAL_NEGATIVE_PROMPT)
             image = gr.Image(label="First frame (optional)", type="filepath", sources=["upload"], height=180)
@@ -139,6 +140,7 @@ def build(ctx):
             video = gr.Video(label="Result", interactive=False, elem_id="gen-video")
             settings = gr.File(label="Settings (JSON)", interactive=False)
             status = gr.Markdown(elem_id="gen-status")
+            actions_slot = gr.Column()  # A/B, sweep, upscale of the result (studio.result_actions)
     for comp in (model, tier, width, height, frames):
         comp.change(guard(vram_text), [model, tier, width, height, frames], vram, api_visibility="private",
                     show_progress="hidden")
@@ -163,6 +165,13 @@ def build(ctx):
              [job_id, progress], api_visibility="private")
 
     wire_job_panel(ctx, timer, cancel, job_id, [progress, preview, video, settings, status])
+    from studio.enhance_ui import add_enhance_button
+    from studio.result_actions import add_result_actions
+
+    with enhance_slot:
+        add_enhance_button(ctx, prompt, "gen", model=model, image=image)
+    with actions_slot:
+        add_result_actions(ctx, job_id, "gen")
 
     def apply_request(d: dict) -> list:
         """Values for request_inputs from a past GenerateRequest dict (History's "Reuse settings")."""

@@ -156,6 +156,9 @@ def build(ctx):
             with gr.Row():
                 reuse = gr.Button("Reuse settings", elem_id="hist-reuse")
                 resume = gr.Button("Resume", variant="primary", visible=False, elem_id="hist-resume")
+            from studio.result_actions import add_result_actions
+
+            add_result_actions(ctx, pick, "hist")  # A/B, sweep, upscale of the picked generation
             request_json = gr.Code(label="Request (paste into the API, or reuse in its tab)", language="json",
                                    elem_id="hist-request")
     ids = gr.State([])

@@ -228,6 +228,7 @@ def build(ctx):
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id="union-prompt",
                                 value="a cinematic shot, soft evening light, detailed textures")
+            enhance_slot = gr.Column()  # the "Enhance prompt" button (studio.enhance_ui), wired below
             negative = gr.Textbox(label="Negative prompt (Full schedule)", lines=1, max_lines=2,
                                   value=OFFICIAL_NEGATIVE_PROMPT)
             with gr.Row(equal_height=True):
@@ -283,6 +284,7 @@ def build(ctx):
             send_clip = gr.Button("Use the result as the studio clip (Mask painter, Motion tracks)", size="sm",
                                   elem_id="union-send-clip")
             sent = gr.Markdown(elem_id="union-sent")
+            actions_slot = gr.Column()  # A/B, sweep, upscale of the result (studio.result_actions)
 
     pre_result = gr.State(None)  # the finished preprocess job's result dict
     job_id = ctx.job_state("union")
@@ -478,6 +480,15 @@ def build(ctx):
 
         lora_state.change(guard(take_lora), lora_state, [ic_choice, pre_result, pre_report, ctl_frame, pre_progress,
                                                          kind, ic_note_md], **priv)
+
+    # ---- the enhancer beside the prompt (looks at the control frame when there is one); result actions
+    from studio.enhance_ui import add_enhance_button
+    from studio.result_actions import add_result_actions
+
+    with enhance_slot:
+        add_enhance_button(ctx, prompt, "union", model=model, image=pre_result)
+    with actions_slot:
+        add_result_actions(ctx, job_id, "union")
 
     # ---- History's "Reuse settings": every field of a past Union job, its control, LoRAs and mask included
     reuse_outputs = [prompt, negative, pre_result, pre_report, control_video, pre_progress, kind, control_strength,
