@@ -175,3 +175,20 @@ def test_preprocess_job_keeps_before_and_after(tmp_path, make_video):
     res2 = run_preprocess_job({"clip": str(clip), "kind": "canny", "options": {}, "width": 96, "height": 64,
                                "frames": 17, "fps": 24.0}, _Job(tmp_path / "b"))
     assert "scrub_control_raw" not in res2 and res2["cleanup"] is None
+
+
+def test_union_tab_cleanup_fields_and_before_after(tmp_path, make_video):
+    from studio.tabs.union import cleanup_options, raw_frame_view
+    from studio.kinds.preprocess import run_preprocess_job
+
+    assert cleanup_options("canny", 0, 0, False, "nearest", 0, 1.0) is None
+    assert cleanup_options("depth", 1.5, 0, False, "nearest", 3, 2.0) == {
+        "temporal_smooth": 1.5, "denoise": 0, "deflicker": False, "fps_mode": "nearest"}  # no edge steps on depth
+    opts = cleanup_options("canny", 1.0, 1, True, "blend", 2, 2.0)
+    assert opts["edge_thickness"] == 2 and opts["fps_mode"] == "blend"
+    res = run_preprocess_job({"clip": str(make_video(frames=17)), "kind": "canny", "options": {}, "width": 96,
+                              "height": 64, "frames": 17, "fps": 24.0, "cleanup": opts}, _Job(tmp_path))
+    up = raw_frame_view(res, 3)
+    assert up["visible"] is True and up["value"].shape == np.load(res["scrub_control"])[3].shape
+    assert not np.array_equal(up["value"], np.load(res["scrub_control"])[3])  # before != after
+    assert raw_frame_view({"scrub_control": res["scrub_control"]}, 0)["visible"] is False

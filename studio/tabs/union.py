@@ -119,6 +119,27 @@ def scrub_frames(result: dict | None, index) -> tuple:
     return np.array(a[i]), np.array(b[i])
 
 
+def cleanup_options(kind: str, smooth, denoise, deflicker, fps_mode, thickness, contrast) -> dict | None:
+    """The clean-up fields as pipelines.control.cleanup options (None when every step is off); the edge steps only
+    for canny / passthrough controls."""
+    opts = {"temporal_smooth": float(smooth or 0), "denoise": int(denoise or 0), "deflicker": bool(deflicker),
+            "fps_mode": fps_mode or "nearest"}
+    if kind in ("canny", "passthrough"):
+        opts.update(edge_thickness=int(thickness or 0), edge_contrast=float(contrast or 1.0))
+    off = {"temporal_smooth": 0.0, "denoise": 0, "deflicker": False, "fps_mode": "nearest", "edge_thickness": 0,
+           "edge_contrast": 1.0}
+    return None if all(opts[k] == off[k] for k in opts) else opts
+
+
+def raw_frame_view(result: dict | None, index):
+    """The control frame before its clean-up at `index` (hidden when the control had none)."""
+    if not result or not result.get("scrub_control_raw"):
+        return gr.update(value=None, visible=False)
+    a = np.load(result["scrub_control_raw"], mmap_mode="r")
+    i = int(min(max(int(index or 0), 0), len(a) - 1))
+    return gr.update(value=np.array(a[i]), visible=True)
+
+
 # ---------------------------------------------------------------------------------------------- handlers
 
 def build_request(ctx, *, prompt, negative, control_path, control_kind, control_strength, ic_choice, ic_upload,
@@ -208,6 +229,21 @@ def build(ctx):
                     high = gr.Slider(0, 255, value=200, step=1, label="Canny high", min_width=120)
                 blur = gr.Slider(0, 5, value=0, step=0.5, label="Pre-blur (px)")
             invert = gr.Checkbox(False, label="Invert (near = white ↔ far = white)", visible=False)
+            with gr.Accordion("Clean up the control (flicker, noise, edges, fps)", open=False):
+                with gr.Row():
+                    cu_smooth = gr.Slider(0, 4, value=0, step=0.25, label="Temporal smoothing (sigma, frames)",
+                                          elem_id="union-cu-smooth", min_width=160)
+                    cu_denoise = gr.Slider(0, 3, value=0, step=1, label="Denoise (median radius, px)",
+                                           min_width=160)
+                with gr.Row():
+                    cu_deflicker = gr.Checkbox(False, label="Deflicker (even out frame brightness)")
+                    cu_fps = gr.Radio([("nearest frame", "nearest"), ("blend frames", "blend")], value="nearest",
+                                      label="FPS match", min_width=160)
+                with gr.Row(visible=True) as cu_edges:
+                    cu_thick = gr.Slider(0, 5, value=0, step=1, label="Edge thickness (px)", min_width=160)
+                    cu_contrast = gr.Slider(1, 4, value=1, step=0.25, label="Edge contrast", min_width=160)
+                gr.Markdown("Each step is measured (frame-to-frame change before → after) and recorded in the "
+                            "control's report and in the output's metadata.", elem_classes=["demo-note"])
             with gr.Accordion("Control backends on this machine", open=False):
                 gr.Markdown(status_markdown(ctx.models_dir), elem_classes=["backends-table"])
         with gr.Column(scale=2):
@@ -216,6 +252,8 @@ def build(ctx):
                                     elem_id="union-in-frame")
                 ctl_frame = gr.Image(label="Control frame", interactive=False, format="png", height=220,
                                      elem_id="union-ctl-frame")
+                raw_frame = gr.Image(label="Control before clean-up", interactive=False, format="png", height=220,
+                                     elem_id="union-raw-frame", visible=False)
             scrub = gr.Slider(0, 8, value=0, step=1, label="Frame", elem_id="union-scrub")
             with gr.Row():
                 make = gr.Button("Make control", variant="secondary", elem_id="union-make")
@@ -352,10 +390,12 @@ def build(ctx):
                 gr.update(visible=k in ("depth", "passthrough")))
 
     kind.change(guard(on_kind), kind, [kind_note, canny_row, invert], **priv)
+    kind.change(lambda k: gr.update(visible=k in ("canny", "passthrough")), kind, cu_edges, **priv)
 
-    def make_control(clip_path, k, lo, hi, bl, inv, w, h, n, f, ic, request: gr.Request):
+    def make_control(clip_path, k, lo, hi, bl, inv, w, h, n, f, ic, sm, dn, dfl, fm, th, ct, request: gr.Request):
         owner = ctx.owner(request)
-        jid = submit_preprocess(ctx, clip_path, k, lo, hi, bl, inv, w, h, n, f, request)
+        jid = submit_preprocess(ctx, clip_path, k, lo, hi, bl, inv, w, h, n, f, request,
+                                cleanup=cleanup_options(k, sm, dn, dfl, fm, th, ct))
         yield (progress_html(0, "waiting for its turn", "queued"),) + (gr.skip(),) * 7
         deadline = time.monotonic() + 600
         while True:
@@ -384,8 +424,12 @@ def build(ctx):
     make_outputs = [pre_progress, pre_result, pre_report, control_video, in_frame, ctl_frame, scrub,
                     clip_state if clip_state is not None else gr.State()]
     make.click(panel_guard(make_control, len(make_outputs), 0, refused),
-               [clip, kind, low, high, blur, invert, width, height, frames, fps, ic_choice], make_outputs, **priv)
+               [clip, kind, low, high, blur, invert, width, height, frames, fps, ic_choice, cu_smooth, cu_denoise,
+                cu_deflicker, cu_fps, cu_thick, cu_contrast], make_outputs, **priv)
     scrub.change(guard(scrub_frames), [pre_result, scrub], [in_frame, ctl_frame], show_progress="hidden", **priv)
+    # the control before its clean-up, on the same scrubber (shown only when a clean-up ran)
+    pre_result.change(guard(raw_frame_view), [pre_result, scrub], raw_frame, show_progress="hidden", **priv)
+    scrub.change(guard(raw_frame_view), [pre_result, scrub], raw_frame, show_progress="hidden", **priv)
 
     # ---- the painter's mask: checked against this tab's size and IC-LoRA when it arrives
     def on_mask(m, w, h, n, ic):
