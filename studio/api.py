@@ -4,6 +4,7 @@
     preprocess(clip, kind, w, h, n, fps, options) -> job id   (control video: canny / depth / pose / passthrough)
     tracks_render(tracks, w, h, frames) -> file       (the Motion-Track control video: a light job, waited for)
     enhance(request)                   -> result      (the model's Gemma rewrites a prompt: a light job, waited for)
+    upscale(request)                   -> job id      (detail / upscale pass on a video or a finished job, x2)
     sweep(request, axis, values, columns) -> job id   (A/B with / without the IC-LoRA, strengths, seeds + grid mp4)
     train(dataset, request)            -> job id      (a .zip of clips + TrainRequest fields without data/out)
     train_control(job_id, action)      -> message     (sample_now / save_now / stop a running training)
@@ -32,7 +33,7 @@ def _path(f) -> str:
     return str(p)
 
 
-API_CONCURRENCY = {"generate": 8, "sweep": 4, "enhance": 2, "upload": 4, "preprocess": 8, "tracks_render": 4, "train": 2, "resume": 4,
+API_CONCURRENCY = {"generate": 8, "sweep": 4, "enhance": 2, "upscale": 4, "upload": 4, "preprocess": 8, "tracks_render": 4, "train": 2, "resume": 4,
                    "train_control": 8}
 MAX_OPEN_WAITS = 8        # /wait calls one user may hold open at once
 MAX_WAIT_SECONDS = 3600.0  # the longest one /wait call blocks
@@ -102,6 +103,16 @@ def install_api(ctx) -> None:
         owner = ctx.owner(req)
         request = check_request_paths(dict(request or {}), checker_for(ctx, owner))
         return enhance_now(ctx, owner, request)
+
+    @guard
+    def upscale(request: dict, req: gr.Request) -> str:
+        """The detail / upscale pass (x2) on a video: request {"video" (a path from /upload or an output) or
+        "source_job" (one of your finished generations), "mode": "spatial" | "detailer", "lora" (detailer),
+        "prompt", "seed", "noise", "tile_width", "tile_height", "tile_frames", "overlap", "overlap_frames"};
+        returns the job id. The result holds the upscaled video and the tile plan it ran."""
+        owner = ctx.owner(req)
+        request = check_request_paths(dict(request or {}), checker_for(ctx, owner))
+        return ctx.submit(owner, "upscale", request)
 
     @guard
     def upload(file: FileData, req: gr.Request) -> str:
@@ -202,7 +213,7 @@ def install_api(ctx) -> None:
 
     # Handlers that read or write files or probe inputs run at most a few at once (Gradio runs plain functions
     # on a 40-thread pool shared by everyone); status calls and the coroutine /wait are unlimited.
-    for fn in (generate, sweep, enhance, upload, preprocess, tracks_render, train, train_control, job, wait, cancel, resume, jobs,
+    for fn in (generate, sweep, enhance, upscale, upload, preprocess, tracks_render, train, train_control, job, wait, cancel, resume, jobs,
                models):
         gr.api(fn, api_name=fn.__name__, concurrency_limit=API_CONCURRENCY.get(fn.__name__),
                concurrency_id=f"api-{fn.__name__}")

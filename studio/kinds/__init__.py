@@ -10,6 +10,7 @@ studio with no tab at all). Each kind lives in its own module:
     tracks      a track file rendered as the Motion-Track control video (light lane)
     download    the official weights from the Hugging Face Hub, in a child process (light lane)
     enhance     the loaded model's Gemma rewrites a short prompt (light lane, beside the GPU job)
+    upscale     the detail / upscale pass on an existing video (spatial x2 + refine, or a Detailer IC-LoRA) (gpu)
     sweep       one request run several ways as one batch (A/B, strengths, seeds) + the grid mp4 (gpu lane)
 
 Every kind registers a check that runs at submit (size limits from pipelines.limits, paths, inputs probed), so
@@ -25,9 +26,9 @@ import time
 
 def register_all(ctx) -> None:
     """Register every job kind on ``ctx.jobs`` (idempotent: a kind already registered is left as it is)."""
-    from studio.kinds import download, enhance, generate, preprocess, sweep, tracks, train
+    from studio.kinds import download, enhance, generate, preprocess, sweep, tracks, train, upscale
 
-    for mod in (generate, preprocess, train, tracks, download, sweep, enhance):
+    for mod in (generate, preprocess, train, tracks, download, sweep, enhance, upscale):
         mod.register(ctx)
 
 
