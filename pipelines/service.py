@@ -56,7 +56,9 @@ class EngineService:
                                previews=preview_dir is not None)
             if progress:
                 progress(1.0, "done", None)
-        return {"video": str(res.path), "settings": str(res.sidecar), "metadata": res.metadata}
+        # "frames": the exact uint8 frames written (before h264): sweeps compare results on them, not on re-decoded
+        # files whose compression noise would swamp small differences
+        return {"video": str(res.path), "settings": str(res.sidecar), "metadata": res.metadata, "frames": res.frames}
 
 
 def _write_preview(folder: Path, img) -> str:

@@ -176,7 +176,8 @@ ProgressFn = Callable[[float, str, "str | None"], None]
 def run_sweep(service, sweep: SweepRequest | dict, out_dir: str | os.PathLike, progress: ProgressFn | None = None,
               should_cancel: Callable[[], bool] | None = None) -> dict:
     """Run every variant through ``service.generate`` (one after the other: one GPU), then the grid mp4 with the
-    labels and the pairwise mean absolute differences between the results. Returns the result dict."""
+    labels and the pairwise mean absolute differences between the results (on the exact frames, before h264).
+    Returns the result dict."""
     from pipelines.errors import Cancelled
     from pipelines.grid import mean_abs_difference, write_grid
     from pipelines.video_io import read_video
@@ -186,7 +187,7 @@ def run_sweep(service, sweep: SweepRequest | dict, out_dir: str | os.PathLike, p
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n = len(variants)
-    videos, settings, notices = [], [], []
+    videos, settings, notices, exact = [], [], [], []
     for k, v in enumerate(variants):
         if should_cancel is not None and should_cancel():
             raise Cancelled("cancelled by the user")
@@ -198,11 +199,13 @@ def run_sweep(service, sweep: SweepRequest | dict, out_dir: str | os.PathLike, p
         res = service.generate(v.request, out / f"variant-{k + 1}.mp4", progress=sub, should_cancel=should_cancel,
                                preview_dir=out / "preview")
         videos.append(res["video"])
+        exact.append(res.get("frames"))
         settings.append(res["settings"])
         notices.append(res.get("metadata", {}).get("notice", ""))
     if progress is not None:
         progress(n / (n + 0.2), "composing the grid", None)
-    frames = [read_video(p)[0] for p in videos]
+    # the exact frames the engine made (a service that returns only files: the decoded files)
+    frames = [f if f is not None else read_video(p)[0] for f, p in zip(exact, videos)]
     labels = [v.label for v in variants]
     diffs = [[round(mean_abs_difference(a, b), 4) for b in frames] for a in frames]
     meta = {"app": "iclora-studio", "sweep": sweep.to_dict(), "labels": labels,
