@@ -25,7 +25,8 @@ from pipelines.fit import lora_downscale, size_hint
 NONE = "(none)"
 DEMO_DIR = "demo-loras"  # under the cache folder (pipelines.config.cache_dir): built from code at first start
 # Words in a real LoRA file name that make it the default for a tab.
-PURPOSE_WORDS = {"union": ("union",), "motion_track": ("motion", "track"), "face": ("face", "identity")}
+PURPOSE_WORDS = {"union": ("union",), "motion_track": ("motion", "track"), "face": ("face", "identity"),
+                 "detailer": ("detail",)}
 
 
 @dataclass(frozen=True)

@@ -192,3 +192,21 @@ def test_union_tab_cleanup_fields_and_before_after(tmp_path, make_video):
     assert up["visible"] is True and up["value"].shape == np.load(res["scrub_control"])[3].shape
     assert not np.array_equal(up["value"], np.load(res["scrub_control"])[3])  # before != after
     assert raw_frame_view({"scrub_control": res["scrub_control"]}, 0)["visible"] is False
+
+
+def test_cleanup_reaches_the_output_metadata(tmp_path, make_video, tiny_engine):
+    """A generation with a cleaned control records what cleaned it (steps measured) in its own metadata."""
+    from pipelines.requests import ControlInput, GenerateRequest
+    from studio.kinds.preprocess import run_preprocess_job
+
+    res = run_preprocess_job({"clip": str(make_video(frames=9)), "kind": "canny", "options": {}, "width": 96,
+                              "height": 64, "frames": 9, "fps": 24.0, "cleanup": {"temporal_smooth": 1.0}},
+                             _Job(tmp_path))
+    out = tiny_engine.generate(GenerateRequest(prompt="a dog", width=96, height=64, frames=9, audio=False,
+                                               controls=[ControlInput(path=res["control"])]),
+                               tmp_path / "g.mp4", previews=False)
+    ctl = out.metadata["controls"][0]
+    assert ctl["kind"] == "canny" and ctl["cleanup"]["steps"][0]["name"] == "temporal smoothing"
+    from pipelines.video_io import read_comment
+
+    assert json.loads(read_comment(out.path))["controls"][0]["cleanup"]["options"]["temporal_smooth"] == 1.0

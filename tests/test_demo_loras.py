@@ -31,7 +31,7 @@ def test_demo_loras_are_official_files_built_deterministically(tmp_path):
 
     a = demo.build_demo_loras(tmp_path / "a")
     b = demo.build_demo_loras(tmp_path / "b")
-    assert set(a) == {"union-control", "motion-track", "face"}
+    assert set(a) == {"union-control", "motion-track", "face", "detailer"}
     for key in a:
         assert _sha(a[key]) == _sha(b[key])  # same code + seed -> the same bytes
         with safe_open(str(a[key]), framework="np") as f:
@@ -39,7 +39,8 @@ def test_demo_loras_are_official_files_built_deterministically(tmp_path):
         assert all(k.startswith("diffusion_model.transformer_blocks.") and
                    k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys)
         assert "random weights" in meta[demo.DEMO_KEY]
-    assert {k: fit.lora_downscale([p]) for k, p in a.items()} == {"union-control": 2, "motion-track": 2, "face": 1}
+    assert {k: fit.lora_downscale([p]) for k, p in a.items()} == {"union-control": 2, "motion-track": 2, "face": 1,
+                                                                 "detailer": 2}
     assert all(fit.is_ic_lora(p) for p in a.values())
     assert demo.demo_for(a["face"]).purpose == "face" and demo.demo_for(tmp_path / "x.safetensors") is None
 

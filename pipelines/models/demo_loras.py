@@ -37,7 +37,7 @@ TINY_TARGETS = {
 class DemoLora:
     key: str          # "union-control"
     title: str        # what a person reads in a dropdown
-    purpose: str      # "union" | "motion_track" | "face": which tab defaults to it
+    purpose: str      # "union" | "motion_track" | "face" | "detailer": which tab defaults to it
     downscale: int    # reference_downscale_factor (D) written in the metadata
     seed: int
 
@@ -54,6 +54,7 @@ DEMO_LORAS = (
     DemoLora("union-control", "Union control", "union", 2, seed=101),   # like LTX-2.3 Union-Control: D=2
     DemoLora("motion-track", "Motion track", "motion_track", 2, seed=102),  # like LTX-2.3 Motion-Track: D=2
     DemoLora("face", "Face identity", "face", 1, seed=103),             # what the Face trainer makes: D=1
+    DemoLora("detailer", "Detailer", "detailer", 2, seed=104),          # the upscale pass's Detailer: video at 1/2
 )
 
 

@@ -87,6 +87,14 @@ class PreparedReferences:
                 for f, s in zip(self.frames, self.strengths)]
 
 
+def _control_provenance(req: GenerateRequest) -> list:
+    """What made each control video (kind, backend, options, the clean-up with its measured steps), from the
+    report written beside it by the preprocessor; None for a file without one (the user's own video)."""
+    from pipelines.control.cleanup import control_provenance
+
+    return [control_provenance(c.path) for c in req.controls]
+
+
 def _fit_image(img: np.ndarray, width: int, height: int) -> np.ndarray:
     from pipelines.video_io import resize_cover_crop
 
@@ -254,20 +262,26 @@ class Engine:
         key = (prompt, negative if cfg else "", cfg, m.max_sequence_length)
         hit = self._prompts.get(key)
         if hit is None:
+            from pipelines.sampler.enhance import text_encoder_lock
+
             te = pipe.text_encoder
-            visit = m.device != "cpu" and te is not None and next(te.parameters()).device.type == "cpu" \
-                and not hasattr(te, "_hf_hook")  # offload tiers move it themselves
-            if visit:
-                te.to(m.device)
-            try:
-                with torch.no_grad():
-                    pe, pm, ne, nm = pipe.encode_prompt(prompt=prompt, negative_prompt=negative,
-                                                        do_classifier_free_guidance=cfg,
-                                                        max_sequence_length=m.max_sequence_length, device=m.device)
-            finally:
+            # the prompt enhancer uses the same encoder from the light lane, one token step at a time under this
+            # lock: its visit to the GPU and the encoding never overlap a step of it
+            with text_encoder_lock(m):
+                visit = m.device != "cpu" and te is not None and next(te.parameters()).device.type == "cpu" \
+                    and not hasattr(te, "_hf_hook")  # offload tiers move it themselves
                 if visit:
-                    te.to("cpu")
-                    torch.cuda.empty_cache()
+                    te.to(m.device)
+                try:
+                    with torch.no_grad():
+                        pe, pm, ne, nm = pipe.encode_prompt(prompt=prompt, negative_prompt=negative,
+                                                            do_classifier_free_guidance=cfg,
+                                                            max_sequence_length=m.max_sequence_length,
+                                                            device=m.device)
+                finally:
+                    if visit:
+                        te.to("cpu")
+                        torch.cuda.empty_cache()
             hit = tuple(None if t is None else t.detach().to("cpu") for t in (pe, pm, ne, nm))  # no copy on CPU
             self._prompts[key] = hit
             while len(self._prompts) > self.PROMPT_CACHE:
@@ -620,6 +634,7 @@ class Engine:
             "reference_downscale_factor": d, "reference_temporal_scale_factor": s, "conform": reports,
             "device": self.m.device, "tier": self.m.tier.value, "seconds": round(elapsed, 3),
             "stg_blocks_used": stg_blocks or [], "model_passes": model_passes, "audio": audio,
+            "controls": _control_provenance(req),
         }
 
     def write(self, frames: np.ndarray, req: GenerateRequest, meta: dict, out_path, audio=None,
