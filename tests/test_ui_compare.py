@@ -97,3 +97,24 @@ def test_enhance_edit_generate(studio, page_at):
     run_job(page, "#gen-go", "#gen-progress", studio=studio)
     assert len(studio.jobs()) == n + 1
     assert studio.jobs()[-1]["request"]["prompt"] == edited
+
+
+def test_result_upscale_shows_plan_and_result(studio, page_at):
+    page = page_at("Generate")
+    page.fill("#gen-prompt textarea", "a blue car")
+    run_job(page, "#gen-go", "#gen-progress", studio=studio)
+    page.click("#gen-upscale")  # one click under the result
+    page.wait_for_selector("#cmp-player", state="visible", timeout=30_000)
+    wait_done(page, "#cmp-progress", 300_000)
+    page.wait_for_function("document.querySelector('#cmp-player .cp-wrap').dataset.ready === '1'", timeout=60_000)
+    st = _player_state(page)
+    w, h = studio.jobs()[-1]["request"]["width"], studio.jobs()[-1]["request"]["height"]
+    assert st["count"] == 2 and st["labels"] == [f"original {w}x{h}", f"spatial {2 * w}x{2 * h}"], st
+    sizes = page.evaluate("() => [...document.querySelectorAll('#cmp-player video')].map(v => [v.videoWidth, v.videoHeight])")
+    assert sizes == [[w, h], [2 * w, 2 * h]]
+    # the tile plan is shown before running, from the result picked in the tab
+    page.fill("#cmp-tile-w input", "128")
+    page.click("#cmp-plan-btn")
+    page.wait_for_function("document.querySelector('#cmp-plan')?.innerText.includes('predicted peak')", timeout=30_000)
+    assert "tile" in page.inner_text("#cmp-plan")
+    screenshot(page, "compare-upscale")

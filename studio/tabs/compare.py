@@ -117,6 +117,51 @@ def job_panel(ctx, owner: str, job_id: str | None):
     return prog, gr.skip(), None, "", f"a {job.kind} job", True
 
 
+def detailer_choices(ctx) -> tuple[list[tuple[str, str]], str | None]:
+    from studio.handoff import lora_choices
+
+    return lora_choices(ctx, "detailer")
+
+
+def upscale_request(source, mode, lora, tile_w, tile_h, tile_f, overlap, overlap_f) -> dict:
+    """The upscale request for a result (by job id) from the tab's fields (0 = no tiling on that axis)."""
+    if not source:
+        raise UserError("pick a result first (or press a result's Upscale button in Generate, Union or History)")
+    req = {"source_job": source, "mode": mode or "spatial", "overlap": int(overlap or 0),
+           "overlap_frames": int(overlap_f or 0)}
+    for k, v in (("tile_width", tile_w), ("tile_height", tile_h), ("tile_frames", tile_f)):
+        if v and int(v) > 0:
+            req[k] = int(v)
+    if mode == "detailer":
+        if not lora:
+            raise UserError("pick a Detailer IC-LoRA (put one in models/loras)")
+        req["lora"] = str(lora)
+    return req
+
+
+def plan_markdown(ctx, owner: str, request: dict) -> str:
+    """The tile plan of an upscale request, with the predicted peak memory per tile, as Markdown."""
+    from pipelines.fit import lora_downscale
+    from pipelines.sampler.upscale import SCALE, UpscaleRequest, plan_for
+    from pipelines.video_io import probe
+    from studio.kinds.upscale import resolve_source
+
+    r = UpscaleRequest.from_dict(resolve_source(ctx, owner, request))
+    info = probe(r.video)
+    w, h, f = info.width // 32 * 32, info.height // 32 * 32, (info.frames - 1) // 8 * 8 + 1
+    d = lora_downscale([r.lora]) if r.lora else 1
+    plan = plan_for(r, w * SCALE, h * SCALE, f, d)
+    rows = "".join(f"| {t.index + 1} | {t.window.pixels()['x'][0]}-{t.window.pixels()['x'][1]} | "
+                   f"{t.window.pixels()['y'][0]}-{t.window.pixels()['y'][1]} | "
+                   f"{t.window.pixels()['frames'][0]}-{t.window.pixels()['frames'][1] - 1} | {t.tokens} | "
+                   f"{t.predicted_peak_gb:.1f} GB |\n" for t in plan.tiles[:24])
+    more = f"\n… and {plan.count - 24} more tiles" if plan.count > 24 else ""
+    note = (" On the tiny test model the real figures are megabytes; the prediction is for LTX-2.3 at this size."
+            if ctx.config.model == "tiny" else "")
+    return (f"**{html.escape(plan.text())}**.{note}\n\n| tile | x (px) | y (px) | frames | tokens | predicted peak |\n"
+            f"|---|---|---|---|---|---|\n{rows}{more}")
+
+
 # ---------------------------------------------------------------------------------------------- the tab
 
 def build(ctx):
@@ -136,6 +181,26 @@ def build(ctx):
                 axis = gr.Radio(AXES, value="ab", label="Compare", elem_id="cmp-axis")
                 values = gr.Textbox("", label="Values (comma-separated)", elem_id="cmp-values", visible=False)
                 run = gr.Button("Run the comparison", variant="primary", elem_id="cmp-run")
+            with gr.Accordion("Detail / upscale pass (x2)", open=True):
+                up_mode = gr.Radio([("Spatial upscaler x2 + refine", "spatial"), ("Detailer IC-LoRA", "detailer")],
+                                   value="spatial", label="Pass", elem_id="cmp-up-mode")
+                det_choices, det_default = detailer_choices(ctx)
+                up_lora = gr.Dropdown(det_choices, value=det_default, label="Detailer IC-LoRA", visible=False,
+                                      elem_id="cmp-up-lora")
+                with gr.Row():
+                    tile_w = gr.Number(0, label="Tile width (px, 0 = whole)", precision=0, minimum=0, step=32,
+                                       elem_id="cmp-tile-w", min_width=100)
+                    tile_h = gr.Number(0, label="Tile height (px)", precision=0, minimum=0, step=32,
+                                       elem_id="cmp-tile-h", min_width=100)
+                    tile_f = gr.Number(0, label="Tile frames (8n+1, 0 = all)", precision=0, minimum=0, step=8,
+                                       min_width=100)
+                with gr.Row():
+                    overlap = gr.Number(64, label="Overlap (px)", precision=0, minimum=0, step=32, min_width=100)
+                    overlap_f = gr.Number(8, label="Overlap (frames)", precision=0, minimum=0, step=8, min_width=100)
+                with gr.Row():
+                    plan_btn = gr.Button("Show the tile plan", size="sm", elem_id="cmp-plan-btn")
+                    up_btn = gr.Button("Upscale", variant="primary", elem_id="cmp-upscale")
+                plan_md = gr.Markdown(elem_id="cmp-plan")
             upscale_box = gr.Column()
         with gr.Column(scale=3):
             progress = gr.HTML(progress_html(0, "no comparison yet", "idle"), elem_id="cmp-progress")
@@ -202,5 +267,24 @@ def build(ctx):
         return job_panel(ctx, ctx.owner(request), jid)[0]
 
     cancel.click(guard(do_cancel), job_id, progress, **priv)
+
+    # ---- the upscale pass: the tile plan first (shown before anything runs), then the job
+    up_mode.change(lambda m: gr.update(visible=m == "detailer"), up_mode, up_lora, **priv)
+    up_inputs = [source, up_mode, up_lora, tile_w, tile_h, tile_f, overlap, overlap_f]
+
+    def show_plan(src, mode, lora, tw, th, tf, ov, ovf, request: gr.Request):
+        return plan_markdown(ctx, ctx.owner(request), upscale_request(src, mode, lora, tw, th, tf, ov, ovf))
+
+    plan_btn.click(panel_guard(show_plan, 1, 0), up_inputs, plan_md, **priv)
+
+    def do_upscale(src, mode, lora, tw, th, tf, ov, ovf, request: gr.Request):
+        owner = ctx.owner(request)
+        req = upscale_request(src, mode, lora, tw, th, tf, ov, ovf)
+        md = plan_markdown(ctx, owner, req)
+        jid = ctx.submit(owner, "upscale", req)
+        return jid, progress_html(0, "waiting for its turn", "queued"), None, md
+
+    up_btn.click(panel_guard(do_upscale, 4, 1, refused, {0: None}), up_inputs, [job_id, progress, shown, plan_md],
+                 **priv)
     return {"source": source, "job_id": job_id, "player": view, "upscale_box": upscale_box, "progress": progress,
             "status": status, "shown": shown, "timer": timer}
