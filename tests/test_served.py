@@ -241,7 +241,7 @@ def test_anonymous_refused_everywhere(served):
 
     anon = httpx.Client(base_url=served.url, timeout=30)
     names = ["generate", "upload", "preprocess", "tracks_render", "train", "train_control", "job", "wait", "cancel",
-             "resume", "jobs", "models"]
+             "resume", "jobs", "models", "sweep", "upscale", "enhance"]
     for name in names:
         r = anon.post(f"gradio_api/call/{name}", json={"data": []})
         assert r.status_code in (401, 403), (name, r.status_code)
