@@ -109,3 +109,15 @@ def test_bad_sizes_are_refused():
         plan_tiles(256, 256, 17, tile_width=128, overlap=48)
     with pytest.raises(UserError, match="blend"):
         plan_tiles(256, 256, 17, blend="soft")
+
+
+def test_step_bytes_follow_the_largest_tile():
+    from pipelines.models.memory import denoise_step_bytes
+
+    whole = plan_tiles(2048, 1024, 65)
+    tiled = plan_tiles(2048, 1024, 65, tile_width=512, tile_height=512, overlap=64)
+    a, b = whole.step_bytes(32, 16, 4), tiled.step_bytes(32, 16, 4)
+    assert a["total"] == denoise_step_bytes(9 * 32 * 64, 32, 4) and a["blend"] == 0
+    biggest = max(t.tokens for t in tiled.tiles)
+    assert b["tile_pass"] == denoise_step_bytes(biggest, 32, 4) and b["blend"] == 9 * 32 * 64 * (16 * 4 + 4)
+    assert b["total"] < a["total"] / 4

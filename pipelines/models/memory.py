@@ -92,3 +92,29 @@ def choose_tier(spec, device: str, width: int = 768, height: int = 512, frames: 
         if estimate(tier, width, height, frames, refs=1).peak_gb < free * 0.95:
             return tier
     return MemoryTier.GROUP_OFFLOAD
+
+
+# ---- one denoising step of the transformer, on any device (the tiled passes' per-tile term) ----
+# Live activation elements per target token and per hidden unit during one model pass of diffusers' LTX-2.3
+# transformer (per-token adaLN modulation of the 2.3 blocks, q/k/v and the attention output, the 4x feed-forward,
+# RoPE tables, the gates), with attention run by SDPA without a tokens x tokens matrix (memory linear in tokens).
+# Counted from the tiny model on CPU (float32, hidden 32): 33.5-34.5 over 768-36864 tokens, flat; bench/tiles.py
+# measures it again beside its prediction. estimate() above keeps its own GPU-side figure (bench/gpu_suite.py
+# checks that one against a real device).
+STEP_ELEMS_PER_TOKEN_HIDDEN = 34.0
+
+
+def model_dims(loaded) -> dict:
+    """{"hidden", "latent", "dtype_bytes"} of a loaded model's transformer (what the step estimate needs)."""
+    tr = loaded.pipe.transformer
+    cfg = tr.config
+    hidden = int(cfg.num_attention_heads) * int(cfg.attention_head_dim)
+    p = next(tr.parameters())
+    return {"hidden": hidden, "latent": int(cfg.in_channels), "dtype_bytes": int(p.element_size())}
+
+
+def denoise_step_bytes(tokens: int, hidden: int, dtype_bytes: int = 2,
+                       factor: float = STEP_ELEMS_PER_TOKEN_HIDDEN) -> int:
+    """Peak activation bytes of one transformer pass over `tokens` tokens (target + references)."""
+    return int(round(tokens * hidden * factor * dtype_bytes))
+

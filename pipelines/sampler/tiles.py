@@ -127,6 +127,23 @@ class TilePlan:
                 "untiled_peak_gb": round(self.untiled_peak_gb, 3), "work_ratio": round(self.work_ratio, 4),
                 "tiles": [t.to_dict() for t in self.tiles], "notes": list(self.notes), "text": self.text()}
 
+    def step_bytes(self, hidden: int, latent: int, dtype_bytes: int) -> dict:
+        """Predicted peak bytes of one tiled denoising step on the device (pipelines.models.memory's per-token
+        figure): the largest tile's pass, plus what the blend keeps for the whole latent while tiles run (the
+        float32 accumulator and weight sum) and the tile's sliced state (latent, clean, mask, positions). The
+        resident model and the whole latent state are already there before the step and are not counted."""
+        from pipelines.models.memory import denoise_step_bytes
+
+        f, h, w = self.grid
+        n = f * h * w + self.references * f * (h // self.downscale) * (w // self.downscale)
+        biggest = max(t.tokens + t.reference_tokens for t in self.tiles)
+        tile = denoise_step_bytes(biggest, hidden, dtype_bytes)
+        if self.count == 1:
+            return {"tile_pass": tile, "blend": 0, "slices": 0, "total": tile}
+        blend = n * latent * 4 + n * 4
+        slices = biggest * (2 * latent * dtype_bytes + 4 + 3 * 2 * dtype_bytes)
+        return {"tile_pass": tile, "blend": blend, "slices": slices, "total": tile + blend + slices}
+
     # ---- blending ----
     def axis_weights(self, axis: int, k: int) -> np.ndarray:
         """1-D blend weights of the k-th window of an axis (0 = time, 1 = height, 2 = width)."""
