@@ -50,7 +50,8 @@ def bad_files(studio_server):
     return {"fake": str(fake), "empty": str(empty)}
 
 
-UNION_MAKE = dict(k="canny", lo=92, hi=200, bl=0.0, inv=False, w=128, h=64, n=9, f=24.0, ic="(none)")
+UNION_MAKE = dict(k="canny", lo=92, hi=200, bl=0.0, inv=False, w=128, h=64, n=9, f=24.0, ic="(none)",
+                  sm=0.0, dn=0, dfl=False, fm="nearest", th=0, ct=1.0)  # the last six: clean-up off
 
 
 @pytest.mark.parametrize("case, change, expect", [
