@@ -357,6 +357,17 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None, *,
 # ----------------------------------------------------------------------------------------------------------
 # write
 # ----------------------------------------------------------------------------------------------------------
+def output_mp4(out_path: str | os.PathLike | None) -> Path:
+    """The .mp4 a generating run writes to, checked (an .mp4 path) and its folder made."""
+    if out_path is None:
+        raise UserError("no output path given")
+    out = Path(out_path)
+    if out.suffix.lower() != ".mp4":
+        raise UserError(f"output must be an .mp4 file (got {out.name})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, comment: str | None = None,
                 crf: int = 17, *, preset: str = "medium") -> Path:
     """Encode uint8 [T,H,W,3] RGB frames as h264 yuv420p mp4 (BT.709, +faststart), atomically.

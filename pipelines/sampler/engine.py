@@ -639,14 +639,9 @@ class Engine:
 
     def write(self, frames: np.ndarray, req: GenerateRequest, meta: dict, out_path, audio=None,
               sample_rate=None) -> GenerateResult:
-        from pipelines.video_io import mux_audio, write_video
+        from pipelines.video_io import mux_audio, output_mp4, write_video
 
-        if out_path is None:
-            raise UserError("no output path given")
-        out = Path(out_path)
-        if out.suffix.lower() != ".mp4":
-            raise UserError(f"output must be an .mp4 file (got {out.name})")
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out = output_mp4(out_path)
         text = json.dumps(meta, sort_keys=True)
         if audio is None:
             write_video(out, frames, req.fps, comment=text)

@@ -304,14 +304,9 @@ def _notice(m) -> str:
 
 
 def _write(frames: np.ndarray, fps: float, meta: dict, out_path) -> tuple[Path, Path]:
-    from pipelines.video_io import write_video
+    from pipelines.video_io import output_mp4, write_video
 
-    if out_path is None:
-        raise UserError("no output path given")
-    out = Path(out_path)
-    if out.suffix.lower() != ".mp4":
-        raise UserError(f"output must be an .mp4 file (got {out.name})")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = output_mp4(out_path)
     write_video(out, frames, fps, comment=json.dumps(meta, sort_keys=True))
     sidecar = out.with_suffix(".json")
     tmp = sidecar.with_name(f".{sidecar.name}.tmp")
