@@ -33,6 +33,12 @@ Ownership. Every read or cancel takes the owner. A job of another owner is repor
 one (JobNotFound), so ids cannot be probed. Outputs go to ``outputs_dir/<owner>/<job id>/``, a fresh folder
 per job: outputs are never overwritten.
 
+Executors. Where a job's work runs is an executor (studio.executors): by default in-process, in the lane thread,
+as above; with ``executor=RayExecutor(...)`` the gpu lane gets one thread per Ray worker and the kinds that
+register a ``WorkFn`` run on those workers. Either way this store is the one truth: the row records the worker
+(``worker``) and how many tries it took (``attempts``: a lost worker is written into the row and the job runs once
+more elsewhere), and progress, previews, outputs, cancels and the final state go through the same code.
+
 Pure Python: no gradio, no torch.
 """
 from __future__ import annotations
@@ -64,7 +70,7 @@ __all__ = [
 log = logging.getLogger("studio.jobs")
 
 DB_NAME = "jobs.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: worker, attempts
 
 
 class JobStatus(str, enum.Enum):
@@ -125,6 +131,8 @@ class Job:
     started: float | None
     finished: float | None
     updated: float
+    worker: str | None = None  # where it runs or ran ("in-process", "gpu-1 @ host"), once started
+    attempts: int = 0          # 1 once started; 2 when a lost worker made it run again elsewhere
 
     @property
     def active(self) -> bool:
@@ -169,7 +177,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     created      REAL    NOT NULL,
     started      REAL,
     finished     REAL,
-    updated      REAL    NOT NULL
+    updated      REAL    NOT NULL,
+    worker       TEXT,
+    attempts     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, lane, seq);
@@ -178,7 +188,10 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, lane, seq);
 _JSON_FIELDS = ("request", "result", "outputs")
 _UPDATABLE = frozenset({
     "status", "result", "progress", "message", "preview", "error", "log_id", "outputs", "started", "finished",
+    "worker", "attempts",
 })
+# columns added after version 1: a database written by an older studio gets them on open
+_ADDED_COLUMNS = (("worker", "TEXT"), ("attempts", "INTEGER NOT NULL DEFAULT 0"))
 
 
 def _json_default(obj: Any) -> Any:
@@ -219,6 +232,10 @@ class JobStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")  # durable enough in WAL; no fsync per progress tick
             self._conn.executescript(_SCHEMA)
+            have = {r[1] for r in self._conn.execute("PRAGMA table_info(jobs)").fetchall()}
+            for name, decl in _ADDED_COLUMNS:
+                if name not in have:
+                    self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
             self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -234,7 +251,8 @@ class JobStore:
             progress=float(row["progress"]), message=row["message"], preview=row["preview"], error=row["error"],
             log_id=row["log_id"], outputs=json.loads(row["outputs"]), out_dir=row["out_dir"],
             resumable=bool(row["resumable"]), resumed_from=row["resumed_from"], created=row["created"],
-            started=row["started"], finished=row["finished"], updated=row["updated"],
+            started=row["started"], finished=row["finished"], updated=row["updated"], worker=row["worker"],
+            attempts=int(row["attempts"] or 0),
         )
 
     def insert(self, *, job_id: str, owner: str, kind: str, lane: Lane, request: dict, out_dir: str,
@@ -339,6 +357,7 @@ class JobContext:
         self.job_id = job.id
         self.owner = job.owner
         self.kind = job.kind
+        self.seq = job.seq
         self.out_dir = out_dir
         self.resume_from = resume_from  # folder of the interrupted job this one resumes (resumable kinds)
         self._store = store
@@ -350,6 +369,11 @@ class JobContext:
         self.preview: str | None = None
         self.outputs: list[str] = []
         self._write_failed = False
+        # where the job's work runs (studio.executors): set by the JobManager; a WorkFn hands its work to
+        # ``executor`` (``local_executor`` for work that needs no GPU)
+        self.executor = None
+        self.local_executor = None
+        self.worker: str | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -387,6 +411,11 @@ class JobContext:
         if p not in self.outputs:
             self.outputs.append(p)
             self._write(outputs=self.outputs)
+
+    def set_worker(self, worker: str | None, attempt: int = 1) -> None:
+        """Record where the job runs (shown in the queue and History) and which try this is."""
+        self.worker = worker
+        self._write(worker=worker, attempts=int(attempt))
 
     def flush(self) -> None:
         """Write the latest throttled fraction (called by the manager when the job ends)."""
@@ -472,11 +501,15 @@ class JobManager:
         start: start the worker threads now (else call ``start()``).
         max_queued_per_user: how many jobs one owner may have waiting (not yet running); None = no cap. A
             submit beyond it is refused with a message (one user cannot fill the queue for everyone).
+        executor: where the work of ``WorkFn`` kinds runs (studio.executors); None = in-process, as always.
+            With a remote executor (Ray) give the gpu lane ``executor.capacity`` workers.
+        local_executor: the in-process executor (its WorkerEnv holds the studio's engine service); made here
+            when not given.
     """
 
     def __init__(self, outputs_dir: str | os.PathLike, *, db_path: str | os.PathLike | None = None,
                  gpu_workers: int = 1, light_workers: int = 2, progress_interval: float = 0.2, start: bool = True,
-                 max_queued_per_user: int | None = None):
+                 max_queued_per_user: int | None = None, executor=None, local_executor=None):
         if gpu_workers < 1 or light_workers < 1:
             raise ValueError(f"each lane needs at least one worker, got gpu={gpu_workers} light={light_workers}")
         self.outputs_dir = Path(outputs_dir).expanduser().resolve()
@@ -497,6 +530,10 @@ class JobManager:
             Lane.GPU: _LaneWorkers(Lane.GPU, gpu_workers, self._run),
             Lane.LIGHT: _LaneWorkers(Lane.LIGHT, light_workers, self._run),
         }
+        from studio.executors import InProcessExecutor
+
+        self.local_executor = local_executor or InProcessExecutor()
+        self.executor = executor or self.local_executor
         self._started = False
         self._closed = False
         if start:
@@ -555,6 +592,11 @@ class JobManager:
         if self._started:
             for lane in self._lanes.values():
                 lane.join(deadline)
+        if self.executor is not self.local_executor:
+            try:
+                self.executor.close()
+            except Exception:  # noqa: BLE001  shutting down: log, never raise
+                log.exception("closing the %s executor failed", self.executor.name)
 
     def __enter__(self) -> "JobManager":
         return self
@@ -677,6 +719,26 @@ class JobManager:
                 return True
             return False
 
+    def workers(self, viewer: str | None = None) -> list[dict]:
+        """Every worker of this studio (in-process, or each Ray actor): name, host, state, model, memory, and the
+        jobs it runs. Another user's job shows as ``{"id": None, "owner": None, "kind": ...}``: ids stay private.
+        ``viewer=None`` (server-side callers, tests) sees everything."""
+        rows = self.executor.workers()
+        if self.executor is not self.local_executor:
+            rows = rows + [w for w in self.local_executor.workers() if w.get("jobs")]  # CPU work, if any
+        out = []
+        for w in rows:
+            w = dict(w)
+            w["jobs"] = [j if viewer is None or j.get("owner") == viewer else {"id": None, "owner": None,
+                                                                                 "kind": j.get("kind")}
+                         for j in w.get("jobs") or []]
+            out.append(w)
+        return out
+
+    def drain(self, worker: str) -> bool:
+        """Take ``worker`` out of service after its current job (see the executor's ``drain``)."""
+        return self.executor.drain(worker)
+
     def resume(self, job_id: str, owner: str) -> str:
         """Submit an interrupted/failed/cancelled job of a resumable kind again; returns the new job id. The new
         job's ``ctx.resume_from`` is the old job's output folder."""
@@ -780,7 +842,7 @@ class JobManager:
                 return  # cancelled (or interrupted) while it waited
             try:
                 started = self.store.transition(job_id, (JobStatus.QUEUED,), status=JobStatus.RUNNING,
-                                                started=time.time(), message="running")
+                                                started=time.time(), message="running", attempts=1)
             except (sqlite3.Error, OSError) as exc:  # it cannot even be marked running: end it, plainly
                 status, fields = self._end_fields(job, exc)
                 self._finish(job_id, status, **fields)
@@ -800,6 +862,7 @@ class JobManager:
                 resume_from = Path(old.out_dir) if old is not None and Path(old.out_dir).is_dir() else None
             ctx = JobContext(job=job, store=self.store, cancel_event=event, out_dir=out_dir, resume_from=resume_from,
                              progress_interval=self.progress_interval)
+            ctx.executor, ctx.local_executor = self.executor, self.local_executor
             ctx.raise_if_cancelled()
             result = spec.fn(dict(job.request), ctx)
             result_dict = json.loads(_dumps({} if result is None else _result_dict(result)))
@@ -812,6 +875,8 @@ class JobManager:
                 ctx.flush()  # best effort, never raises
                 if ctx.outputs:
                     fields["outputs"] = list(ctx.outputs)  # what it finished stays listed
+        if ctx is not None:
+            fields["worker"] = ctx.worker or "in-process"  # a plain job function runs in its lane thread
         self._finish(job_id, status, **fields)
 
 

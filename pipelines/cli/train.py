@@ -9,6 +9,7 @@ clean stop. --resume continues from the last checkpoint with the same loss curve
 Multi-GPU: `accelerate launch --multi_gpu --num_processes N -m pipelines train ...` or
 `torchrun --nproc_per_node N -m pipelines train ...` (same arguments; rank 0 fills the cache first and writes
 every file, the ranks train on different clips with averaged gradients).
+--request FILE takes a whole TrainRequest as JSON instead of the flags (what the studio's multi-GPU jobs run).
 """
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train an IC-LoRA (Face preset) from a folder of clips",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="face", help="preset name (presets/NAME.json) or a recipe .json path")
-    p.add_argument("--data", required=True, help="folder or .zip of clips (+ optional same-name .txt captions)")
-    p.add_argument("--out", required=True, help="run folder (cache, checkpoints, samples, loss.jsonl, final LoRA)")
+    p.add_argument("--data", help="folder or .zip of clips (+ optional same-name .txt captions)")
+    p.add_argument("--out", help="run folder (cache, checkpoints, samples, loss.jsonl, final LoRA)")
+    p.add_argument("--request", help="a TrainRequest as a JSON file (data, out, preset, overrides, ...): replaces "
+                                     "the flags above")
     p.add_argument("--model", default="tiny", help="'tiny', a model name in --models-dir, or a diffusers folder")
     p.add_argument("--models-dir", default=None, help="models folder (default: $ICLORA_MODELS_DIR)")
     p.add_argument("--steps", type=int, help="training steps (preset default: 1000)")
@@ -39,17 +42,35 @@ def register(subparsers) -> None:
 
 
 def _train(args) -> int:
-    from pipelines.cli import print_json
-    from pipelines.training.export import sanity_text
+    from pipelines.errors import UserError
     from pipelines.training.recipe import TrainRequest
-    from pipelines.training.trainer import TrainCallbacks, run_training
 
+    if args.request:
+        import json as _json
+        from pathlib import Path
+
+        try:
+            req = TrainRequest.from_dict(_json.loads(Path(args.request).read_text())).validate()
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--request {args.request}: {exc}") from None
+        return _run(req, args)
+    if not args.data or not args.out:
+        raise UserError("train needs --data and --out (or --request FILE)")
     overrides = {k: v for k, v in {"steps": args.steps, "checkpoint_every": args.checkpoint_every,
                                    "sample_every": args.sample_every, "lr": args.lr, "rank": args.rank,
                                    "alpha": args.alpha, "seed": args.seed}.items() if v is not None}
     req = TrainRequest(data=args.data, out=args.out, preset=args.preset, model=args.model,
                        models_dir=args.models_dir, trigger=args.trigger, resume=args.resume, overrides=overrides,
                        validation_reference=args.validation_reference).validate()
+    return _run(req, args)
+
+
+def _run(req, args) -> int:
+    import sys
+
+    from pipelines.cli import print_json
+    from pipelines.training.export import sanity_text
+    from pipelines.training.trainer import TrainCallbacks, run_training
 
     def progress(step, total, loss, sps):
         eta = (total - step) * sps

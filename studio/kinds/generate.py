@@ -23,6 +23,16 @@ def run_generate_job(service, request: dict, ctx) -> dict:
     return {"video": result["video"], "settings": result["settings"], "notice": result["metadata"].get("notice", "")}
 
 
+def generate_work(request: dict, jc, env) -> dict:
+    """The same job on any worker (studio.executors): ``env.service`` is that worker's engine service."""
+    return run_generate_job(env.service, request, jc)
+
+
+def model_key(request: dict) -> str:
+    """What a generation loads (model and memory tier): a worker already holding it is preferred."""
+    return f"{request.get('model') or 'tiny'}/{request.get('tier') or 'auto'}"
+
+
 def check_generate(ctx, owner: str, request: dict) -> dict:
     """At submit: the request's own sizes and counts against the limits first (nothing is read before), then
     its paths must lie in the owner's folders, then every input file is probed (exists, decodes, what decoding
@@ -50,6 +60,9 @@ size for the IC-LoRA's D, the mask for the reference size: pipelines.fit). Retur
 
 def register(ctx) -> None:
     if KIND not in ctx.jobs.kinds:
+        from studio.executors import WorkFn
+
         service = ctx.service
-        ctx.jobs.register(KIND, lambda req, jc: run_generate_job(service, req, jc), lane="gpu",
-                          check=lambda owner, req: check_generate(ctx, owner, req))
+        fn = WorkFn("studio.kinds.generate:generate_work", local=lambda req, jc: run_generate_job(service, req, jc),
+                    model=model_key)
+        ctx.jobs.register(KIND, fn, lane="gpu", check=lambda owner, req: check_generate(ctx, owner, req))

@@ -76,6 +76,17 @@ def run_preprocess_job(request: dict, jobctx, models_dir=None) -> dict:
     return result
 
 
+def preprocess_work(request: dict, jc, env) -> dict:
+    """The same job on any worker (studio.executors): the models folder is that worker's."""
+    return run_preprocess_job(request, jc, env.models_dir)
+
+
+def preprocess_gpus(request: dict) -> int:
+    """Depth and pose run networks (on a GPU when there is one): with a Ray cluster they go to a GPU worker.
+    Canny and passthrough are plain CPU work and always run in the studio's process."""
+    return 1 if str(request.get("kind", "")).lower() in ("depth", "pose") else 0
+
+
 def thumbs(frames: np.ndarray) -> np.ndarray:
     """Scrubber copies of the frames: at most PREVIEW_MAX_SIDE, tiny sizes upscaled to PREVIEW_MIN_SIDE."""
     import cv2
@@ -152,5 +163,8 @@ def check_preprocess(ctx, owner: str, request: dict) -> dict:
 
 def register(ctx) -> None:
     if KIND not in ctx.jobs.kinds:
-        ctx.jobs.register(KIND, lambda req, jc: run_preprocess_job(req, jc, ctx.models_dir), lane="light",
-                          check=lambda owner, req: check_preprocess(ctx, owner, req))
+        from studio.executors import WorkFn
+
+        fn = WorkFn("studio.kinds.preprocess:preprocess_work", local=lambda req, jc: run_preprocess_job(
+            req, jc, ctx.models_dir), gpus=preprocess_gpus)
+        ctx.jobs.register(KIND, fn, lane="light", check=lambda owner, req: check_preprocess(ctx, owner, req))

@@ -40,11 +40,27 @@ def run_dir_of(job_out_dir: str | Path) -> Path:
 def run_train_job(request: dict, jc, ctx) -> dict:
     """Job kind "train" (gpu lane, resumable). ``request`` is a TrainRequest dict without ``out``; with
     ``continue_run`` (a run folder of the same owner) or when resumed by the job system, training continues
-    from the last checkpoint of that run."""
+    from the last checkpoint of that run. ``gpus`` (default 1): train on that many GPUs of one host (torchrun,
+    one process per GPU)."""
+    return train_work(prepare_train(request, jc, ctx), jc)
+
+
+def train_gpus(request: dict) -> int:
+    """GPUs one training job takes (all on one host): the request's ``gpus``, at least 1."""
+    try:
+        return max(1, int(request.get("gpus") or 1))
+    except (TypeError, ValueError):
+        raise UserError(f"gpus must be a whole number, not {request.get('gpus')!r}") from None
+
+
+def prepare_train(request: dict, jc, ctx) -> dict:
+    """In the studio's process (it knows the owner's folders): the run folder and every path resolved, the
+    TrainRequest checked. Returns what the training itself needs, on whichever worker runs it."""
     from pipelines.training.recipe import TrainRequest
-    from pipelines.training.trainer import TrainCallbacks, run_training
 
     d = dict(request)
+    gpus = train_gpus(d)
+    d.pop("gpus", None)
     cont = d.pop("continue_run", None)
     if jc.resume_from is not None:
         run = run_dir_of(jc.resume_from)
@@ -61,6 +77,22 @@ def run_train_job(request: dict, jc, ctx) -> dict:
     d["models_dir"] = str(ctx.models_dir) if ctx.models_dir else None
     req = TrainRequest.from_dict(d)
     (Path(jc.out_dir) / "run_dir.txt").write_text(str(run))
+    return {"train": req.to_dict(), "run": str(run), "gpus": gpus, "model": req.model}
+
+
+def train_work(prepared: dict, jc, env=None) -> dict:
+    """The training itself (any worker that sees the run folder). A second try after a lost worker continues
+    from the run's last checkpoint."""
+    from pipelines.training.recipe import TrainRequest
+    from pipelines.training.trainer import TrainCallbacks, run_training
+
+    run = Path(prepared["run"])
+    d = dict(prepared["train"])
+    if getattr(jc, "attempt", 1) > 1 and checkpoints(run):
+        d["resume"] = True
+    req = TrainRequest.from_dict(d)
+    if int(prepared.get("gpus") or 1) > 1:
+        return train_torchrun(req, int(prepared["gpus"]), jc)
 
     def progress(step, total, loss, s_per_step):
         eta = max(0, total - step) * s_per_step
@@ -80,17 +112,113 @@ def run_train_job(request: dict, jc, ctx) -> dict:
             "samples": [str(p) for p in result.samples], "checkpoints": [str(p) for p in result.checkpoints]}
 
 
+def train_torchrun(req, gpus: int, jc) -> dict:
+    """Train on ``gpus`` GPUs of this host: ``torchrun --nproc_per_node gpus -m pipelines train --request FILE``
+    (the accelerate path of the trainer; rank 0 writes every file). Progress comes from its step lines, a cancel
+    becomes the run's ``control/stop`` file (a checkpoint is saved), the result is its JSON line."""
+    import json
+    import os
+    import re
+    import socket
+    import subprocess
+    import sys
+
+    from pipelines.config import PROJECT_ROOT
+
+    run = Path(req.out)
+    run.mkdir(parents=True, exist_ok=True)
+    request_file = run / "request-torchrun.json"
+    request_file.write_text(json.dumps(req.to_dict()))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]))
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the ranks talk over loopback: they are on this host
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(gpus), "--master_addr",
+           "127.0.0.1", "--master_port", str(port), "-m", "pipelines", "train", "--request", str(request_file),
+           "--json"]
+    step_re = re.compile(r"step (\d+)/(\d+) loss ([0-9.naif]+) ([0-9.]+) s/step")
+    jc.progress(0.0, f"starting {gpus} training processes (torchrun)")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=str(PROJECT_ROOT))
+    tail: list[str] = []
+
+    def read_stderr():
+        for line in proc.stderr:
+            tail.append(line)
+            del tail[:-40]
+            m = step_re.search(line)
+            if m:
+                step, total, sps = int(m.group(1)), int(m.group(2)), float(m.group(4))
+                jc.progress(step / max(total, 1), f"step {step}/{total} · {gpus} GPUs · {sps:.2f} s/step · "
+                                                  f"ETA {duration(max(0, total - step) * sps)}")
+            elif line.startswith(("dataset:", "cache ")):
+                jc.progress(jc.fraction, line.strip())
+
+    import threading
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    stop_sent = False
+    while proc.poll() is None:
+        if jc.cancelled and not stop_sent:
+            (run / "control").mkdir(parents=True, exist_ok=True)
+            (run / "control" / "stop").write_text("stop")  # the trainer stops after its step and saves
+            stop_sent = True
+        try:
+            proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
+    out = proc.stdout.read()
+    reader.join(timeout=5)
+    if proc.returncode != 0:
+        errors = [line.strip() for line in tail if line.startswith("error:")]
+        if errors:
+            raise UserError(errors[-1][len("error:"):].strip())
+        raise RuntimeError(f"torchrun training exited with {proc.returncode}:\n{''.join(tail)}")
+    res = _first_result(out)
+    lora = run / "lora.safetensors"
+    for sample in res.get("samples") or []:
+        jc.add_output(sample)
+    if lora.is_file():
+        jc.add_output(lora)
+    return {"run_dir": str(run), "lora": str(lora) if lora.is_file() else None, "step": res["step"],
+            "total": res["total"], "stopped": res["stopped"], "seconds_per_step": res["seconds_per_step"],
+            "samples": res.get("samples") or [], "checkpoints": res.get("checkpoints") or [], "gpus": gpus}
+
+
+def _first_result(text: str) -> dict:
+    """The first JSON object with a ``run_dir`` in the training processes' output (every rank prints one)."""
+    import json
+
+    dec = json.JSONDecoder()
+    i = text.find("{")
+    while i != -1:
+        try:
+            obj, end = dec.raw_decode(text, i)
+        except ValueError:
+            i = text.find("{", i + 1)
+            continue
+        if isinstance(obj, dict) and "run_dir" in obj:
+            return obj
+        i = text.find("{", end)
+    raise RuntimeError(f"the training processes printed no result:\n{text[-2000:]}")
+
+
 def train_request(fields: dict, data: str) -> dict:
     """A validated "train" job request from TrainRequest fields (no out/resume/models_dir: the job sets them)
     and a staged dataset path. On the tiny model the tiny-size overrides apply unless given."""
     from pipelines.training.recipe import TrainRequest
 
-    d = {k: v for k, v in fields.items() if k not in ("data", "out", "resume", "models_dir", "continue_run")}
+    d = {k: v for k, v in fields.items() if k not in ("data", "out", "resume", "models_dir", "continue_run", "gpus")}
     if d.get("model", "tiny") == "tiny":
         d["overrides"] = dict(TINY_OVERRIDES, **(d.get("overrides") or {}))
     req = TrainRequest.from_dict(dict(d, data=data, out="(job folder)")).to_dict()
     for k in ("out", "resume", "models_dir"):
         req.pop(k)
+    if train_gpus(fields) > 1:  # several GPUs of one host (torchrun); one is the default and is not written
+        req["gpus"] = train_gpus(fields)
     return req
 
 
@@ -199,7 +327,8 @@ def check_train(ctx, owner: str, request: dict) -> None:
     from pipelines.limits import active
     from pipelines.training.recipe import TrainRequest
 
-    d = {k: v for k, v in request.items() if k != "continue_run"}
+    d = {k: v for k, v in request.items() if k not in ("continue_run", "gpus")}
+    train_gpus(request)
     d["data"] = owned_path(ctx, owner, d.get("data"), "data")
     recipe = TrainRequest.from_dict(dict(d, out="(job folder)")).recipe()
     active().check_train(recipe)
@@ -207,5 +336,11 @@ def check_train(ctx, owner: str, request: dict) -> None:
 
 def register(ctx) -> None:
     if KIND not in ctx.jobs.kinds:
-        ctx.jobs.register(KIND, lambda req, jc: run_train_job(req, jc, ctx), lane="gpu", resumable=True,
-                          check=lambda owner, req: check_train(ctx, owner, req))
+        from studio.executors import WorkFn
+
+        # the run folder is read and written while it trains (control files, checkpoints, samples): a remote
+        # worker must see the outputs folder itself (same host, or --shared-dir)
+        fn = WorkFn("studio.kinds.train:train_work", local=lambda prepared, jc: train_work(prepared, jc),
+                    prepare=lambda req, jc: prepare_train(req, jc, ctx), gpus=lambda p: int(p.get("gpus") or 1),
+                    model=lambda p: f"{p.get('model') or 'tiny'}/auto", needs_shared=True)
+        ctx.jobs.register(KIND, fn, lane="gpu", resumable=True, check=lambda owner, req: check_train(ctx, owner, req))
