@@ -34,7 +34,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--admins", default="", metavar="NAME[,NAME]",
                    help="with --auth: the users who may download weights into the shared models folder")
     add_limit_arguments(p)
+    add_scale_arguments(p)
     return p.parse_args(argv)
+
+
+def add_scale_arguments(p: argparse.ArgumentParser) -> None:
+    """Where GPU jobs run. Without --ray: in this process, one at a time (Ray is not needed, not imported)."""
+    g = p.add_argument_group("scale out (optional: pip install -r requirements-ray.txt)")
+    g.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run GPU jobs on Ray actors, one per GPU: 'auto' (this box's GPUs, or the Ray started here "
+                        "with `ray start --head`) or ray://HEAD:10001 (an existing cluster)")
+    g.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                   help="number of Ray actors (default: one per GPU of the cluster)")
+    g.add_argument("--shared-dir", default=None, metavar="DIR",
+                   help="a folder every Ray host mounts at the same path (put --outputs-dir inside it): workers "
+                        "then read and write job files in place instead of through Ray's object store")
+    g.add_argument("--sp", type=int, default=1, metavar="K",
+                   help="GPUs per generation by default (context parallel over K GPUs; the Generate tab's "
+                        "'GPUs per job' overrides it)")
 
 
 def add_limit_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,7 +88,8 @@ def main(argv=None) -> int:
                        port=args.port, auth_file=args.auth, max_file_size=args.max_file_size,
                        max_frames=args.max_frames, max_pixels=args.max_pixels, max_volume=args.max_volume,
                        max_queued_jobs=args.max_queued_jobs,
-                       admins=tuple(n.strip() for n in args.admins.split(",") if n.strip()))
+                       admins=tuple(n.strip() for n in args.admins.split(",") if n.strip()), ray=args.ray,
+                       ray_workers=args.ray_workers, shared_dir=args.shared_dir, gpus_per_job=args.sp)
     try:
         launch(cfg)
     except UserError as exc:

@@ -30,6 +30,11 @@ class StudioConfig:
     max_volume: int | None = None
     max_queued_jobs: int | None = None
     admins: tuple[str, ...] = ()  # with auth: who may change what every user shares (the models folder)
+    # where GPU jobs run (studio.executors): None = in this process; "auto" or "ray://HEAD:10001" = Ray actors
+    ray: str | None = None
+    ray_workers: int | None = None       # actors (default: one per GPU of the cluster)
+    shared_dir: str | None = None        # a folder every Ray host mounts at the same path
+    gpus_per_job: int = 1                # default GPUs of one generation (context parallel, --sp)
 
     def is_admin(self, owner: str) -> bool:
         """Without --auth the one local user runs the box; with it, only the names given with --admins."""
@@ -157,7 +162,7 @@ def build_context(config: StudioConfig) -> StudioContext:
 
     limits = configure(config.limits())  # one server per process: every check reads these
     service = EngineService(models_dir=str(paths.models_dir) if paths.models_dir else None)
-    jobs = JobManager(paths.outputs_dir, gpu_workers=config.gpu_workers, max_queued_per_user=limits.max_queued_jobs)
+    jobs = JobManager(paths.outputs_dir, max_queued_per_user=limits.max_queued_jobs, **_executors(config, paths, service))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from studio.handoff import build_demos
 
@@ -165,6 +170,22 @@ def build_context(config: StudioConfig) -> StudioContext:
                         demo_loras=build_demos())
     register_all(ctx)  # every job kind, whichever tabs are built (the API needs them all)
     return ctx
+
+
+def _executors(config: StudioConfig, paths: Paths, service) -> dict:
+    """The JobManager's executors: in-process (the studio's engine service) and, with --ray, the Ray actors
+    (Ray is imported only then), whose count sets the GPU lane's threads."""
+    from studio.executors import InProcessExecutor, WorkerEnv
+
+    models_dir = str(paths.models_dir) if paths.models_dir else None
+    local = InProcessExecutor(WorkerEnv(models_dir, service=service))
+    if not config.ray:
+        return {"gpu_workers": config.gpu_workers, "local_executor": local}
+    from studio.executors.ray_executor import RayExecutor
+
+    remote = RayExecutor(config.ray, outputs_dir=paths.outputs_dir, models_dir=models_dir,
+                         shared_dir=config.shared_dir, workers=config.ray_workers)
+    return {"gpu_workers": remote.capacity, "executor": remote, "local_executor": local}
 
 
 def _guard_state(config: StudioConfig, paths: Paths):
