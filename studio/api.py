@@ -205,6 +205,12 @@ def install_api(ctx) -> None:
         return [j.to_dict() for j in ctx.jobs.list(ctx.owner(req), limit=int(limit))]
 
     @guard
+    def workers(req: gr.Request) -> list:
+        """Where jobs run: each worker (this process, or each Ray actor) with its host, GPUs, state, model,
+        memory, and its job (yours by id; another user's only by kind)."""
+        return ctx.jobs.workers(viewer=ctx.owner(req))
+
+    @guard
     def models() -> list:
         """Model registry status."""
         from pipelines.models.registry import discover
@@ -213,7 +219,7 @@ def install_api(ctx) -> None:
 
     # Handlers that read or write files or probe inputs run at most a few at once (Gradio runs plain functions
     # on a 40-thread pool shared by everyone); status calls and the coroutine /wait are unlimited.
-    for fn in (generate, sweep, enhance, upscale, upload, preprocess, tracks_render, train, train_control, job, wait, cancel, resume, jobs,
-               models):
+    for fn in (generate, sweep, enhance, upscale, upload, preprocess, tracks_render, train, train_control, job, wait,
+               cancel, resume, jobs, models, workers):
         gr.api(fn, api_name=fn.__name__, concurrency_limit=API_CONCURRENCY.get(fn.__name__),
                concurrency_id=f"api-{fn.__name__}")

@@ -246,3 +246,45 @@ def test_the_app_serves_and_generates_with_ray_unimportable(tmp_path):
                         str(tmp_path / "out2")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "requirements-ray.txt" in r.stderr.strip().splitlines()[-1]
+
+
+# ------------------------------------------------------------------------------------ the Workers panel
+
+def test_workers_panel_rows_and_queue_hide_other_users_jobs(tmp_path):
+    """The Workers tab's tables: the worker with its job (the viewer's by id, another user's by kind only) and
+    the viewer's queue with where each job runs and how many are ahead."""
+    from studio.context import StudioConfig, StudioContext
+    from studio.tabs.workers import queue_rows, summary, worker_rows
+
+    m = JobManager(tmp_path / "out", progress_interval=0.0)
+    gate = threading.Event()
+
+    def slow(request, jc):
+        gate.wait(20)
+        return {}
+
+    m.register("slow", WorkFn("tests.workloads:wait_work", local=slow), lane="gpu")
+    ctx = StudioContext(config=StudioConfig(outputs_dir=str(tmp_path / "out")), jobs=m, service=None)
+    try:
+        a = m.submit("alice", "slow", {})
+        b = m.submit("bob", "slow", {})
+        deadline = time.monotonic() + 10
+        while m.get(a, "alice").status.value != "running" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        mine = worker_rows(ctx, "alice")
+        assert len(mine) == 1 and mine[0][0] == "in-process" and mine[0][3] == "busy"
+        assert mine[0][5] == f"{a[:8]} · slow" and mine[0][6].startswith("RSS ")
+        theirs = worker_rows(ctx, "bob")
+        assert theirs[0][5] == "another user's slow" and a[:8] not in str(theirs)
+        assert queue_rows(ctx, "alice") == [[a[:8], "slow", "running", "", "in-process", 0, "running"]]
+        assert queue_rows(ctx, "bob") == [[b[:8], "slow", "queued", 1, "", 0, "queued"]]
+        assert "in this process" in summary(ctx)
+    finally:
+        gate.set()
+        m.shutdown(timeout=5)
+
+
+def test_workers_api_answers_for_the_caller(studio_client):
+    rows = studio_client.predict(api_name="/workers")
+    assert [r["name"] for r in rows] == ["in-process"] and rows[0]["executor"] == "in-process"
+    assert rows[0]["memory"]["rss"] > 0

@@ -178,6 +178,7 @@ class InProcessExecutor(Executor):
         ticket = _LocalTicket(work)
         with self._lock:
             self._running[work.job_id] = work
+        _set_worker(jc, self.name, work.attempt)  # before it runs: the queue shows where it runs
         try:
             if work.local is not None:
                 ticket.outcome = work.local(work.request, jc)
@@ -226,9 +227,10 @@ def execute(executor: Executor, work: Work, jc, *, retries: int = 1) -> dict:
     lost_first: WorkerLost | None = None
     while True:
         jc.raise_if_cancelled()
-        ticket = executor.submit(work, jc)
+        ticket = executor.submit(work, jc)  # returns once a worker took it (in-process: once it ran)
         where = executor.where(ticket)
-        _set_worker(jc, where, attempt)
+        if not isinstance(executor, InProcessExecutor):
+            _set_worker(jc, where, attempt)
         try:
             result = _drive(executor, ticket, jc)
         except WorkerLost as lost:

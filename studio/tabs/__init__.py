@@ -2,4 +2,4 @@
 The job kinds the tabs submit live in studio.kinds and are registered by the context, whichever tabs are
 built. TABS is the display order; a listed tab whose module is not present is simply not shown (only tabs
 that work are shown)."""
-TABS = ["generate", "union", "tracks", "masks", "train", "compare", "history", "models"]
+TABS = ["generate", "union", "tracks", "masks", "train", "compare", "history", "models", "workers"]
