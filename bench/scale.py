@@ -82,7 +82,8 @@ def main(argv=None) -> int:
     if args.address:
         ray.init(address=args.address, log_to_driver=False)
     else:
-        ray.init(num_cpus=os.cpu_count(), num_gpus=top, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=top, include_dashboard=False,
+                 log_to_driver=False)  # a new local Ray, whatever else runs on this machine
     cores = os.cpu_count()
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     print(f"Ray {ray.__version__}, {cores} CPU cores, GPUs declared: {ray.cluster_resources().get('GPU', 0):g}"

@@ -23,7 +23,7 @@ TINY = dict(width=64, height=64, frames=9)
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -106,6 +106,11 @@ def test_dispatch_prefers_the_actor_that_holds_the_model(studio):
     other = studio.jobs.wait(studio.submit("bob", "wait", {"seconds": 0.2, "model": "big-b"}), timeout=60)
     assert other.worker.split(" @ ")[0] != holder  # a new model goes to the actor that holds none of it
     assert {w["name"]: w["model"] for w in ex.workers()}[holder] == "big-a"
+    from studio.tabs.workers import summary, worker_rows
+
+    rows = {r[0]: r for r in worker_rows(studio, "alice")}  # the Workers tab: one row per actor, its GPU, model
+    assert set(rows) == {"gpu-0", "gpu-1"} and rows[holder][4] == "big-a" and rows[holder][8] == "shared"
+    assert {rows["gpu-0"][2], rows["gpu-1"][2]} == {"0", "1"} and "on **Ray**: 2 worker(s)" in summary(studio)
 
 
 def test_cancel_reaches_the_actor_between_steps(studio, tmp_path):
@@ -252,7 +257,7 @@ def test_files_go_through_the_object_store_when_the_worker_does_not_share_them(c
 
 
 def test_draining_a_worker_finishes_its_job_first(studio):
-    """Last in the module: it takes gpu-1 out of service for good."""
+    """Last in the module: it takes both workers out of service for good (gpu-1 from the studio, gpu-0 by Ray)."""
     ex = studio.jobs.executor
     _wait_idle(ex, 2)
     a = studio.submit("alice", "wait", {"seconds": 2})
@@ -267,3 +272,22 @@ def test_draining_a_worker_finishes_its_job_first(studio):
     assert {w["name"]: w["state"] for w in ex.workers()}["gpu-1"] == "stopped"
     later = studio.jobs.wait(studio.submit("carol", "wait", {"seconds": 0.1}), timeout=60)
     assert later.status.value == "done" and later.worker.startswith("gpu-0")
+    # Ray's own drain of the node (`ray drain-node`, an autoscaler scale-down): gpu-0 finishes its job, then stops
+    from ray.core.generated import autoscaler_pb2
+
+    c = studio.submit("alice", "wait", {"seconds": 4})
+    while {w["name"]: w["state"] for w in ex.workers()}["gpu-0"] != "busy":
+        time.sleep(0.05)
+    gcs = ray._raylet.GcsClient(address=ray.get_runtime_context().gcs_address)
+    accepted, why = gcs.drain_node(ray.get_runtime_context().get_node_id(),
+                                   autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"), "test",
+                                   int(time.time() * 1000) + 600_000)
+    assert accepted, why
+    deadline = time.monotonic() + 10
+    while {w["name"]: w["state"] for w in ex.workers()}["gpu-0"] != "draining" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert {w["name"]: w["state"] for w in ex.workers()}["gpu-0"] == "draining"
+    assert studio.jobs.wait(c, timeout=60).status.value == "done"
+    assert {w["name"]: w["state"] for w in ex.workers()}["gpu-0"] == "stopped"
+    none_left = studio.jobs.wait(studio.submit("bob", "wait", {"seconds": 0.1}), timeout=60)
+    assert none_left.status.value == "failed" and "no Ray worker is available" in none_left.error

@@ -118,11 +118,16 @@ class RayExecutor(Executor):
         self.start_timeout = float(start_timeout)
         self.monitor_interval = float(monitor_interval)
         self._own_cluster = False
+        self.ships_code = False
         if not ray.is_initialized():
-            self._connect(address, init_kwargs or {})
-        if ship_code is None:  # a cluster we did not start ourselves may have hosts without this checkout
-            ship_code = not self._own_cluster and bool(address) and str(address).startswith("ray://")
-        self._runtime_env = self._make_runtime_env(ship_code)
+            self._connect(address, init_kwargs or {}, ship_code)
+        # each actor: the studio's environment; this checkout on the path unless the code was shipped
+        self._runtime_env = {"env_vars": dict(WORKER_ENV)}
+        if not self.ships_code:
+            from pipelines.config import PROJECT_ROOT
+
+            self._runtime_env["env_vars"]["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
         total_gpus = float(ray.cluster_resources().get("GPU", 0))
         if total_gpus <= 0:  # a CPU-only cluster: one actor per worker, no GPU asked for
             gpus_per_worker = 0.0
@@ -147,39 +152,42 @@ class RayExecutor(Executor):
 
     # ---- setup ------------------------------------------------------------------------------------------
 
-    def _connect(self, address, kwargs: dict) -> None:
+    def _connect(self, address, kwargs: dict, ship_code: bool | None) -> None:
+        """Connect (or start a local Ray). A cluster the studio did not start may have hosts without this
+        checkout: then Ray ships the ``studio`` and ``pipelines`` packages to every worker (runtime_env
+        py_modules, a job-level setting), unless ``ship_code`` says otherwise."""
         ray = self._ray
         kwargs = dict(kwargs)
         kwargs.setdefault("include_dashboard", False)
         kwargs.setdefault("log_to_driver", True)
+        join = {k: v for k, v in kwargs.items() if k in ("log_to_driver", "namespace")}
+
+        def shipped(on: bool) -> dict:
+            if not on:
+                return {}
+            import pipelines
+            import studio
+
+            self.ships_code = True
+            return {"runtime_env": {"py_modules": [os.path.dirname(pipelines.__file__),
+                                                   os.path.dirname(studio.__file__)],
+                                    "excludes": ["__pycache__", "*.pyc"], "env_vars": dict(WORKER_ENV)}}
+
         addr = None if address in (None, "", "auto") else address
         try:
             if addr is None:
                 try:  # the Ray already running on this host (`ray start --head`), if any
-                    ray.init(address="auto", **{k: v for k, v in kwargs.items() if k in ("log_to_driver",
-                                                                                        "namespace")})
+                    ray.init(address="auto", **join, **shipped(ship_code is not False))
                 except ConnectionError:
-                    ray.init(address="local", **kwargs)
+                    self.ships_code = False
+                    ray.init(address="local", **kwargs)  # our own, on this machine only
                     self._own_cluster = True
             else:
-                ray.init(address=addr, **{k: v for k, v in kwargs.items() if k in ("log_to_driver", "namespace")})
+                ray.init(address=addr, **join, **shipped(ship_code is not False))
+        except UserError:
+            raise
         except Exception as exc:  # noqa: BLE001  a user's address: say what failed, plainly
             raise UserError(f"--ray {address}: cannot connect to Ray ({type(exc).__name__}: {exc})") from None
-
-    def _make_runtime_env(self, ship_code: bool) -> dict:
-        from pipelines.config import PROJECT_ROOT
-
-        env = {"env_vars": dict(WORKER_ENV)}
-        if ship_code:  # Ray uploads the two packages to the cluster once; every host imports them
-            import pipelines
-            import studio
-
-            env["py_modules"] = [os.path.dirname(pipelines.__file__), os.path.dirname(studio.__file__)]
-            env["excludes"] = ["__pycache__", "*.pyc"]
-        else:  # this host's checkout (a cluster on this machine)
-            env["env_vars"]["PYTHONPATH"] = os.pathsep.join(
-                p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-        return env
 
     def _write_probes(self) -> dict[str, list[str]]:
         """A token file in each folder a worker may share with the studio: a worker that reads it back sees it."""

@@ -3,9 +3,9 @@ GPUs, state, resident model, the job it runs and the memory in use; below, your 
 your jobs runs on. Another user's job shows as "another user's <kind>": job ids stay private.
 
 Read from ctx.jobs.workers(viewer) (the executor's view, refreshed by its monitor) and ctx.jobs.list(owner);
-polled with a gr.Timer. "Drain" (finish the current job, then take the worker out of service) is offered only
-on a studio without logins, where the one local user owns the machine; on a shared server the machine's owner
-drains a Ray node with `ray drain-node`, which the studio honours the same way.
+polled with a gr.Timer. "Drain" (finish the current job, then take the worker out of service) is for the
+machine's owner: the one local user without --auth, the --admins with it; a Ray node drained with
+`ray drain-node` is honoured the same way.
 """
 from __future__ import annotations
 
@@ -84,8 +84,7 @@ def build(ctx):
                            elem_id="workers-table")
     queue = gr.Dataframe(headers=QUEUE_HEADERS, value=[], interactive=False, wrap=True,
                          label="Your queue (where each job runs)", elem_id="workers-queue")
-    can_drain = ctx.guard is None or getattr(ctx.guard, "authenticator", None) is None
-    with gr.Row(visible=can_drain and ctx.jobs.executor.name != "in-process"):
+    with gr.Row(visible=ctx.jobs.executor.name != "in-process"):
         name = gr.Textbox(label="Worker to drain (it finishes its job, then stops)", scale=3, elem_id="workers-name")
         drain = gr.Button("Drain", scale=1, elem_id="workers-drain")
     note = gr.Markdown(elem_id="workers-note")
@@ -96,11 +95,12 @@ def build(ctx):
 
     timer.tick(guard(poll), None, [info, workers, queue], api_visibility="private", show_progress="hidden")
 
-    def do_drain(worker: str):
+    def do_drain(worker: str, request: gr.Request):
         from pipelines.errors import UserError
 
-        if not can_drain:
-            raise UserError("draining is for the machine's owner: use `ray drain-node` on the cluster")
+        if not ctx.config.is_admin(ctx.owner(request)):
+            raise UserError("draining a worker is for the studio's admins (--admins), or `ray drain-node` on the "
+                            "cluster")
         if not ctx.jobs.drain((worker or "").strip()):
             raise UserError(f"no worker named {worker!r}")
         return f"{worker} is draining: it finishes its current job, then stops."
