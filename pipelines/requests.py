@@ -129,6 +129,9 @@ class GenerateRequest:
     stage2_keep_ic: bool = False  # two-stage: keep the LoRAs and references in stage 2 too (off in ICLoraPipeline)
     audio: bool = True  # generate the soundtrack jointly (LTX-2.3 is an audio+video model) and write it as AAC
     tier: MemoryTier = MemoryTier.AUTO
+    # >1: one video over that many GPUs of one host (context parallel, pipelines.parallel); None: the studio's
+    # "GPUs per generation" setting decides (1 outside the studio)
+    gpus: int | None = None
     image: str | None = None  # first-frame image (a keyframe at frame 0)
     image_strength: float = 1.0
     keyframes: list[KeyframeInput] = field(default_factory=list)  # images at any frame
@@ -164,6 +167,8 @@ class GenerateRequest:
             raise UserError(f"fps={self.fps} must be between 1 and 120")
         if self.stages not in (1, 2):
             raise UserError(f"stages={self.stages} must be 1 or 2")
+        if self.gpus is not None and (not isinstance(self.gpus, int) or not (1 <= self.gpus <= 64)):
+            raise UserError(f"gpus={self.gpus} must be a whole number of GPUs of one host (1 to 64)")
         if self.stages == 2 and (self.width % 64 or self.height % 64):
             raise UserError(f"two-stage runs need width and height multiples of 64 (got {self.width}x{self.height})")
         if self.schedule == Schedule.FULL and not (1 <= self.steps <= 200):
@@ -266,7 +271,7 @@ class GenerateRequest:
                                  for k in data.get("keyframes") or []]
             if "stg_blocks" in data and data["stg_blocks"] is not None:
                 data["stg_blocks"] = [int(b) for b in data["stg_blocks"]]
-            for k in ("width", "height", "frames", "seed", "steps", "stages", "image_crf"):
+            for k in ("width", "height", "frames", "seed", "steps", "stages", "image_crf", "gpus"):
                 if k in data and data[k] is not None:
                     data[k] = int(data[k])
             req = cls(**data)

@@ -39,6 +39,25 @@ class EngineService:
                  preview_dir: str | os.PathLike | None = None) -> dict:
         req = request if isinstance(request, GenerateRequest) else GenerateRequest.from_dict(request)
         req.validate()
+        if (req.gpus or 1) > 1:  # one video over several GPUs (pipelines.parallel): every rank runs generate_here
+            from pipelines.parallel import check_devices, generate_parallel, visible_gpus
+
+            check_devices(req.gpus)
+            with self._lock:  # the GPUs are the ranks' now: no other generation of this process meanwhile
+                if visible_gpus():  # rank 0 loads its own copy on GPU 0: give this process's copy back first
+                    from pipelines.models.loader import default_cache
+
+                    self._engines = {}
+                    default_cache().clear()
+                return generate_parallel(req, out_path, req.gpus, models_dir=self.models_dir, progress=progress,
+                                         should_cancel=should_cancel, preview_dir=preview_dir)
+        return self.generate_here(req, out_path, progress, should_cancel, preview_dir)
+
+    def generate_here(self, req: GenerateRequest, out_path: str | os.PathLike, progress: ProgressFn | None = None,
+                      should_cancel: Callable[[], bool] | None = None,
+                      preview_dir: str | os.PathLike | None = None) -> dict:
+        """The run in this process, whatever ``req.gpus`` says (each rank of a context-parallel run calls this:
+        its transformer is already split, and the files record the request as asked, ``gpus`` included)."""
         with self._lock:
             if progress:
                 progress(0.0, "loading model", None)

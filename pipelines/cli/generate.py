@@ -43,6 +43,10 @@ def register(subparsers) -> None:
     p.add_argument("--no-conform", action="store_true", help="refuse controls that do not match instead of conforming")
     p.add_argument("--model", default="tiny", help="tiny or a model name from `python -m pipelines models`")
     p.add_argument("--models-dir", default=None)
+    p.add_argument("--sp", type=int, default=1, metavar="K",
+                   help="one video over K GPUs of this host (context parallel: K processes; gloo on a CPU)")
+    p.add_argument("--sp-mode", choices=("ulysses", "ring"), default="ulysses",
+                   help="how --sp splits attention: ulysses (all-to-all over heads; any device) or ring (CUDA only)")
     p.add_argument("--out", required=True, metavar="OUT.mp4")
     p.set_defaults(handler=_generate)
 
@@ -87,7 +91,7 @@ def build_request(args):
             prompt=args.prompt, model=args.model, width=args.width,
             height=args.height, frames=args.frames, fps=args.fps, seed=args.seed, schedule=schedule,
             stages=args.stages, stage2_keep_ic=args.keep_ic_stage2, audio=not args.no_audio,
-            tier=MemoryTier(args.tier), image=args.image, image_strength=args.image_strength,
+            tier=MemoryTier(args.tier), gpus=args.sp, image=args.image, image_strength=args.image_strength,
             keyframes=[_keyframe(k) for k in args.keyframe], **guidance,
             controls=[ControlInput(path=c, strength=args.control_strength) for c in args.control],
             mask=args.mask, attention_strength=args.attention_strength,
@@ -113,7 +117,12 @@ def _generate(args) -> int:
 
     active().check_generate(req.to_dict())  # sizes and counts, then every input probed: before the model loads
     check_generate_inputs(req.to_dict())
-    res = EngineService(args.models_dir).generate(req, args.out)
+    if req.gpus > 1 and args.sp_mode != "ulysses":
+        from pipelines.parallel import generate_parallel
+
+        res = generate_parallel(req, args.out, req.gpus, models_dir=args.models_dir, mode=args.sp_mode)
+    else:
+        res = EngineService(args.models_dir).generate(req, args.out)
     md = res["metadata"]
     print_json({"video": res["video"], "settings": res["settings"], "model": md["model"],
                 "seconds": md["seconds"], "reference_downscale_factor": md["reference_downscale_factor"],

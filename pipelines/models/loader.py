@@ -289,6 +289,12 @@ class ModelCache:
             self._models[key] = loaded
             return loaded
 
+    def clear(self) -> None:
+        """Drop every loaded model and give its device memory back (a context-parallel run loads its own)."""
+        with self._lock:
+            self._models.clear()
+            _empty_cache()
+
 
 def _empty_cache():
     import gc

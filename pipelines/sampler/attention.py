@@ -135,6 +135,42 @@ def _sdpa_padded(q2: torch.Tensor, k2: torch.Tensor, v2: torch.Tensor, d: int) -
     return out[..., :d]
 
 
+def _attend(q2: torch.Tensor, k2: torch.Tensor, v2: torch.Tensor, d: int, st: ReferenceBiasState,
+            parallel_config=None, backend=None) -> torch.Tensor:
+    """Biased attention of the padded [B, H, T, width] q'/k'/v' -> [B, H, T, d]. Under context parallelism
+    (pipelines.parallel) this rank holds tokens [off, off + T) of the sequence: their bias channels are written
+    here, they travel with their tokens, and diffusers' dispatch (Ulysses / ring) makes the attention span every
+    rank, so the log bias stays exact. ``backend``: the processor's diffusers attention backend (ring attention
+    needs one that returns the log-sum-exp)."""
+    scale = 1.0 / math.sqrt(d)
+    if parallel_config is None:
+        _write_bias_channels(q2, k2, d, st.num_target_tokens, st.log_w, scale, st.groups, st.num_groups)
+        return _sdpa_padded(q2, k2, v2, d)
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    t, n = q2.shape[-2], st.num_target_tokens
+    off = _shard_offset(t, n + st.log_w.numel(), parallel_config)
+    mine = slice(max(0, off - n), max(0, off + t - n))  # this rank's appended tokens
+    _write_bias_channels(q2, k2, d, min(max(n - off, 0), t), st.log_w[mine], scale,
+                         st.groups[mine] if st.groups is not None else None, st.num_groups)
+    out = dispatch_attention_fn(q2.transpose(1, 2), k2.transpose(1, 2), v2.transpose(1, 2), scale=scale,
+                                backend=backend, parallel_config=parallel_config)
+    return out.transpose(1, 2)[..., :d]
+
+
+def _shard_offset(local: int, total: int, parallel_config) -> int:
+    """Where this rank's tokens start: diffusers splits the sequence as ``tensor_split`` does (evenly, the first
+    ranks one token longer when it does not divide)."""
+    import torch.distributed as dist
+
+    mesh = parallel_config.context_parallel_config._flattened_mesh
+    rank, world = dist.get_rank(mesh.get_group()), mesh.size()
+    base, extra = divmod(total, world)
+    if local != base + (1 if rank < extra else 0):
+        raise RuntimeError(f"context parallel: rank {rank} holds {local} of {total} tokens, not its even share")
+    return rank * base + min(rank, extra)
+
+
 def biased_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_target: int, log_w: torch.Tensor,
                 groups: torch.Tensor | None = None) -> torch.Tensor:
     """Attention with the reference log bias. q, k, v: [B, H, T, D]; tokens [0, num_target) are targets, the rest
@@ -195,9 +231,7 @@ class ReferenceBiasAttnProcessor(LTX2PerturbedAttnProcessor):
             v2 = _padded(value.unflatten(2, (attn.heads, -1)).transpose(1, 2), width)
             if perturbation_mask is None:
                 del value
-            _write_bias_channels(q2, k2, d, st.num_target_tokens, st.log_w, 1.0 / math.sqrt(d), st.groups,
-                                 st.num_groups)
-            out = _sdpa_padded(q2, k2, v2, d)
+            out = _attend(q2, k2, v2, d, st, self._parallel_config, self._attention_backend)
             del q2, k2, v2
             out = out.transpose(1, 2).flatten(2, 3).to(hidden_states.dtype)
             st.calls += 1
