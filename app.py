@@ -50,8 +50,8 @@ def add_scale_arguments(p: argparse.ArgumentParser) -> None:
                    help="a folder every Ray host mounts at the same path (put --outputs-dir inside it): workers "
                         "then read and write job files in place instead of through Ray's object store")
     g.add_argument("--sp", type=int, default=1, metavar="K",
-                   help="GPUs per generation by default (context parallel over K GPUs; the Generate tab's "
-                        "'GPUs per job' overrides it)")
+                   help="GPUs per generation by default: one video split over K GPUs of one host (context parallel; "
+                        "each user's 'GPUs per generation' in the Workers tab overrides it)")
 
 
 def add_limit_arguments(p: argparse.ArgumentParser) -> None:

@@ -61,6 +61,7 @@ class StudioContext:
     shared: dict = field(default_factory=dict)  # gr.State objects for cross-tab hand-offs (set by studio.app)
     registered: set = field(default_factory=set)  # tabs whose job kinds are registered
     guard: object = None  # studio.guard.GuardState: the owner ledger of cache files, logins, the users file
+    prefs: dict = field(default_factory=dict)  # per-user run settings kept by the server: {owner: {"gpus": K}}
     demo_loras: dict = field(default_factory=dict)  # {key: path} of the tiny model's demo IC-LoRAs (studio.handoff)
     _zero_gpu_run: object = None  # the spaces.GPU-wrapped runner, made on first use on ZeroGPU
 
@@ -161,6 +162,12 @@ def build_context(config: StudioConfig) -> StudioContext:
     from pipelines.limits import configure
 
     limits = configure(config.limits())  # one server per process: every check reads these
+    if not 1 <= int(config.gpus_per_job) <= 64:
+        raise UserError(f"--sp {config.gpus_per_job}: GPUs per generation must be between 1 and 64")
+    if config.gpus_per_job > 1 and not config.ray:  # in this process: the GPUs must be here (Ray: per dispatch)
+        from pipelines.parallel import check_devices
+
+        check_devices(config.gpus_per_job)
     service = EngineService(models_dir=str(paths.models_dir) if paths.models_dir else None)
     jobs = JobManager(paths.outputs_dir, max_queued_per_user=limits.max_queued_jobs, **_executors(config, paths, service))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -229,3 +229,61 @@ def test_ring_is_refused_plainly_without_cuda(tmp_path):
         generate_parallel(dict(prompt="x", width=64, height=64, frames=9), tmp_path / "x.mp4", 2, mode="ring")
     assert not list(tmp_path.iterdir())
 
+
+# ------------------------------------------------------------------------------ the studio's "GPUs per generation"
+
+@pytest.fixture
+def studio(tmp_path):
+    from studio.context import StudioConfig, build_context
+    from studio.routes import install_path_checks
+
+    ctx = build_context(StudioConfig(outputs_dir=str(tmp_path / "out")))
+    install_path_checks(ctx)
+    yield ctx
+    ctx.jobs.shutdown(timeout=10)
+
+
+def test_a_users_gpus_per_generation_splits_their_jobs_only(studio):
+    """alice sets 2 in the Workers tab; her generation (a request that does not say, as every tab sends) runs
+    over 2 processes and records gpus=2; bob's runs on one; same frames. The request is built as the tabs build
+it (GenerateRequest(...).to_dict(): every field present, gpus None)."""
+    import json
+
+    from studio.tabs.workers import set_gpus
+
+    from pipelines.requests import GenerateRequest
+
+    assert "2 GPUs" in set_gpus(studio, "alice", 2)
+    req = GenerateRequest(prompt="a red ball", width=64, height=64, frames=9, seed=4, audio=False).to_dict()
+    a = studio.jobs.wait(studio.jobs.submit("alice", "generate", req), timeout=600)
+    b = studio.jobs.wait(studio.jobs.submit("bob", "generate", req), timeout=600)
+    assert a.status.value == "done" and b.status.value == "done", (a.error, b.error)
+    assert a.request["gpus"] == 2 and b.request.get("gpus") is None
+    assert json.loads(Path(a.result["settings"]).read_text())["request"]["gpus"] == 2
+    assert_same_video(_frames(a.result["video"]), _frames(b.result["video"]))
+    assert a.preview and Path(a.preview).is_file()  # rank 0's previews reach the job's row
+
+
+def test_more_gpus_than_this_host_has_are_refused_at_once(studio, monkeypatch):
+    """Without Ray the GPUs must be in this process's host: asking for 4 where 2 are visible is refused in the
+    Workers tab, at submit, by the CLI and at start (--sp), each with one plain line."""
+    import pipelines.parallel
+    from pipelines.errors import UserError
+    from studio.context import StudioConfig, build_context
+    from studio.tabs.workers import set_gpus
+
+    monkeypatch.setattr(pipelines.parallel, "visible_gpus", lambda: 2)
+    with pytest.raises(UserError, match="needs 4 GPUs on this host, but it has 2"):
+        set_gpus(studio, "alice", 4)
+    assert "alice" not in studio.prefs
+    assert "2 GPUs" in set_gpus(studio, "alice", 2)
+    with pytest.raises(UserError, match="needs 4 GPUs on this host, but it has 2"):
+        studio.jobs.submit("alice", "generate", dict(prompt="x", width=64, height=64, frames=9, gpus=4))
+    with pytest.raises(UserError, match="needs 3 GPUs"):
+        build_context(StudioConfig(outputs_dir=str(studio.outputs_dir), gpus_per_job=3))
+    with pytest.raises(UserError, match="between 1 and 64"):
+        build_context(StudioConfig(outputs_dir=str(studio.outputs_dir), gpus_per_job=0))
+    from pipelines.service import EngineService
+
+    with pytest.raises(UserError, match="needs 3 GPUs"):
+        EngineService().generate(dict(prompt="x", width=64, height=64, frames=9, gpus=3), studio.outputs_dir / "x.mp4")

@@ -209,6 +209,33 @@ def test_training_on_two_gpus_of_one_node_borrows_both_actors(studio, tmp_path):
     assert sorted(w["name"] for w in rows) == ["gpu-0", "gpu-1"]
 
 
+def test_a_generation_over_two_gpus_borrows_both_actors(studio):
+    """A user's "GPUs per generation" = 2 (Workers tab) on Ray: the job takes both GPUs of the node (one 2-GPU
+    actor, context parallel over 2 processes there: gloo on this CPU box), records gpus=2, and gives the node's
+    two actors back; a request for more GPUs than a host has is refused with one plain line."""
+    import json
+
+    from pipelines.requests import GenerateRequest
+    from studio.tabs.workers import set_gpus
+
+    ex = studio.jobs.executor
+    _wait_idle(ex, 2)
+    set_gpus(studio, "alice", 2)  # with Ray the cluster decides at dispatch: nothing to check here
+    try:
+        req = GenerateRequest(prompt="a red ball", seed=7, audio=False, **TINY).to_dict()
+        job = studio.jobs.wait(studio.submit("alice", "generate", req), timeout=600)
+        assert job.status.value == "done", (job.error, job.message)
+        assert "+" in job.worker and job.request["gpus"] == 2
+        assert json.loads(Path(job.result["settings"]).read_text())["request"]["gpus"] == 2
+        rows = _wait_idle(ex, 2)
+        assert sorted(w["name"] for w in rows) == ["gpu-0", "gpu-1"]
+        big = studio.jobs.wait(studio.submit("alice", "generate", dict(req, gpus=4)), timeout=120)
+        assert big.status.value == "failed" and "needs 4 GPUs on one host" in big.error, big.error
+    finally:
+        studio.prefs.pop("alice", None)
+    _wait_idle(ex, 2)
+
+
 def test_files_go_through_the_object_store_when_the_worker_does_not_share_them(cluster, tmp_path):
     """A worker that does not see the studio's folders: the request's input files are shipped, the outputs come
     back into the job's own folder, and every path (result, preview, settings .json) names the studio's files.

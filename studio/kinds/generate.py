@@ -28,6 +28,24 @@ def generate_work(request: dict, jc, env) -> dict:
     return run_generate_job(env.service, request, jc)
 
 
+def gpus_per_job(ctx, owner: str) -> int:
+    """GPUs one of ``owner``'s generations takes when its request does not say: their Workers-tab setting, else
+    the server's default (``python app.py --sp K``)."""
+    prefs = getattr(ctx, "prefs", None) or {}
+    return int((prefs.get(owner) or {}).get("gpus") or getattr(ctx.config, "gpus_per_job", 1) or 1)
+
+
+def check_gpus(ctx, gpus: int) -> None:
+    """Refuse now, plainly, a split this studio cannot run: in this process (no --ray) the GPUs must be visible
+    here (pipelines.parallel.check_devices; without CUDA they are CPU processes). With Ray the cluster decides when
+    the job is dispatched (the largest host's free GPUs)."""
+    jobs = getattr(ctx, "jobs", None)
+    if gpus > 1 and (jobs is None or jobs.executor is jobs.local_executor):
+        from pipelines.parallel import check_devices
+
+        check_devices(gpus)
+
+
 def model_key(request: dict) -> str:
     """What a generation loads (model and memory tier): a worker already holding it is preferred."""
     return f"{request.get('model') or 'tiny'}/{request.get('tier') or 'auto'}"
@@ -44,8 +62,13 @@ size for the IC-LoRA's D, the mask for the reference size: pipelines.fit). Retur
 
     limits = active()
     limits.check_generate(request)
+    if request.get("gpus") is None:  # not stated: the owner's "GPUs per generation" (Workers tab), else --sp
+        gpus = gpus_per_job(ctx, owner)
+        if gpus > 1:
+            request = dict(request, gpus=gpus)
     request = check_request_paths(request, checker_for(ctx, owner))
-    GenerateRequest.from_dict(request).validate()
+    req = GenerateRequest.from_dict(request).validate()
+    check_gpus(ctx, req.gpus or 1)
     check_generate_inputs(request, limits)
     loras = [lo["path"] for lo in request.get("loras") or [] if isinstance(lo, dict) and lo.get("path")]
     if loras:
@@ -64,5 +87,5 @@ def register(ctx) -> None:
 
         service = ctx.service
         fn = WorkFn("studio.kinds.generate:generate_work", local=lambda req, jc: run_generate_job(service, req, jc),
-                    model=model_key)
+                    model=model_key, gpus=lambda req: int(req.get("gpus") or 1))
         ctx.jobs.register(KIND, fn, lane="gpu", check=lambda owner, req: check_generate(ctx, owner, req))

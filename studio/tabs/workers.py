@@ -78,8 +78,36 @@ def view(ctx, owner: str):
     return summary(ctx), worker_rows(ctx, owner), queue_rows(ctx, owner)
 
 
+def set_gpus(ctx, owner: str, value) -> str:
+    """The owner's "GPUs per generation": their generations (from any tab or the API, unless a request says
+    otherwise) run over that many GPUs of one host, one video split across them (context parallel)."""
+    from pipelines.errors import UserError
+
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        raise UserError("GPUs per generation must be a whole number") from None
+    if not 1 <= k <= 64:
+        raise UserError("GPUs per generation must be between 1 and 64")
+    from studio.kinds.generate import check_gpus
+
+    check_gpus(ctx, k)  # in this process: refused now when this host has fewer
+    ctx.prefs.setdefault(owner, {})["gpus"] = k
+    if k == 1:
+        return "Your generations run on one GPU each."
+    return (f"Your generations now run over {k} GPUs of one host each (one video split across them, the same "
+            "frames as on one GPU). With Ray, a job asking for more GPUs than a host has free is refused when it "
+            "is dispatched.")
+
+
 def build(ctx):
+    from studio.kinds.generate import gpus_per_job
+
     info = gr.Markdown(summary(ctx), elem_id="workers-summary")
+    with gr.Row():
+        gpus = gr.Number(value=1, precision=0, minimum=1, maximum=64, scale=1, elem_id="workers-gpus",
+                         label="GPUs per generation (yours, from every tab)")
+        gpus_note = gr.Markdown(elem_id="workers-gpus-note")
     workers = gr.Dataframe(headers=WORKER_HEADERS, value=[], interactive=False, wrap=True, label="Workers",
                            elem_id="workers-table")
     queue = gr.Dataframe(headers=QUEUE_HEADERS, value=[], interactive=False, wrap=True,
@@ -89,11 +117,20 @@ def build(ctx):
         drain = gr.Button("Drain", scale=1, elem_id="workers-drain")
     note = gr.Markdown(elem_id="workers-note")
     timer = gr.Timer(POLL_S)
+    shown = gr.State(False)
 
-    def poll(request: gr.Request):
-        return view(ctx, ctx.owner(request))
+    def poll(was_shown, request: gr.Request):
+        owner = ctx.owner(request)
+        mine = gr.skip() if was_shown else gpus_per_job(ctx, owner)  # once: never over what is being typed
+        return (*view(ctx, owner), mine, True)
 
-    timer.tick(guard(poll), None, [info, workers, queue], api_visibility="private", show_progress="hidden")
+    timer.tick(guard(poll), shown, [info, workers, queue, gpus, shown], api_visibility="private",
+               show_progress="hidden")
+
+    def change_gpus(value, request: gr.Request):
+        return set_gpus(ctx, ctx.owner(request), value)
+
+    gpus.input(guard(change_gpus), gpus, gpus_note, api_visibility="private")
 
     def do_drain(worker: str, request: gr.Request):
         from pipelines.errors import UserError
