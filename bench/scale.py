@@ -15,6 +15,14 @@ One local Ray cluster with declared fake GPUs (this is a CPU box), the studio's 
 
     python bench/scale.py [--actors 1 2 4] [--jobs-per-actor 4] [--seconds 2] [--skip-generate]
                           [--address ADDRESS]  (an existing cluster with real GPUs instead of the fake ones)
+
+(d) context parallel (``--cp K [K ...]``, no Ray): ONE generation split over K GPUs of this host
+    (pipelines.parallel) against the same request on one GPU, in one run: seconds, speed-up, and how far the
+    frames are from one GPU's (PSNR, largest pixel difference; the stated tolerance is PSNR >= 45 dB). Ulysses
+    always; ring too when CUDA is there (ring is GPU-only: diffusers' CPU attention returns no log-sum-exp).
+    On a CPU it runs K gloo processes (a correctness check, not a speed-up: the processes share the cores).
+
+    python bench/scale.py --cp 2 4 [--cp-size 768x512x121] [--cp-model NAME] [--cp-modes ulysses ring]
 """
 from __future__ import annotations
 
@@ -70,9 +78,17 @@ def main(argv=None) -> int:
     ap.add_argument("--gen-jobs-per-actor", type=int, default=3)
     ap.add_argument("--skip-generate", action="store_true")
     ap.add_argument("--address", default=None, help="an existing Ray cluster (default: a local one, fake GPUs)")
+    ap.add_argument("--cp", type=int, nargs="+", default=None, metavar="K",
+                    help="instead: one generation over K GPUs (context parallel) against one GPU")
+    ap.add_argument("--cp-size", default=None, metavar="WxHxF", help="default 768x512x121 on CUDA, 64x64x17 on a CPU")
+    ap.add_argument("--cp-model", default="tiny")
+    ap.add_argument("--cp-modes", nargs="+", default=None, help="default: ulysses, and ring on CUDA")
+    ap.add_argument("--cp-steps", type=int, default=None, help="Full-schedule steps (default: the distilled 8)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING)
+    if args.cp:
+        return cp_main(args)
 
     import ray
 
@@ -170,6 +186,69 @@ def main(argv=None) -> int:
     print(f"  {seq} sequential 0.05 s jobs, row time: in-process {statistics.median(local_t) * 1000:.1f} ms, "
           f"Ray {statistics.median(ray_t) * 1000:.1f} ms -> {added:+.1f} ms per job "
           f"({statistics.median(ray_t) / statistics.median(local_t):.2f}x)")
+    return 0
+
+
+def cp_main(args) -> int:
+    """(d): one request on one GPU, then split over each K (each mode), frames compared with one GPU's."""
+    import numpy as np
+    import torch
+
+    from pipelines.models.loader import default_cache
+    from pipelines.parallel import generate_parallel
+    from pipelines.service import EngineService
+    from pipelines.video_io import read_video
+
+    cuda = torch.cuda.is_available()
+    size = args.cp_size or ("768x512x121" if cuda else "64x64x17")
+    w, h, f = (int(x) for x in size.lower().split("x"))
+    modes = args.cp_modes or (["ulysses", "ring"] if cuda else ["ulysses"])
+    req = dict(prompt="a red ball rolling on a wooden floor", model=args.cp_model, width=w, height=h, frames=f,
+               seed=11, audio=True)
+    if args.cp_steps:
+        req.update(schedule="full", steps=args.cp_steps)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-cp-"))
+    gpus = torch.cuda.device_count() if cuda else 0
+    print(f"context parallel, {args.cp_model} {w}x{h}x{f} + soundtrack, "
+          + (f"{gpus} CUDA GPU(s)" if cuda else f"CPU ({os.cpu_count()} cores, gloo: a check, not a speed-up)"))
+
+    def timed(run):
+        """(seconds from the first denoising step to the end, seconds in all)"""
+        marks = {}
+
+        def progress(fraction, message, preview):
+            if message and message.startswith("step 1/") and "t0" not in marks:
+                marks["t0"] = time.perf_counter()
+
+        t = time.perf_counter()
+        run(progress)
+        end = time.perf_counter()
+        return end - marks.get("t0", t), end - t
+
+    service = EngineService()
+    service.generate(dict(req, seed=0), tmp / "warm.mp4")  # the model loaded once
+    gen1, all1 = timed(lambda p: service.generate(req, tmp / "one.mp4", progress=p))
+    base = read_video(tmp / "one.mp4")[0].astype(np.int64)
+    default_cache().clear()  # the ranks load their own copies (GPU 0's memory is theirs)
+    print("  mode      K   from step 1 s   speed-up   all s (loads incl.)   PSNR vs 1 (goal >= 45 dB)   max |diff|")
+    print(f"  -         1 {gen1:15.2f}       1.00 {all1:21.2f}")
+    for mode in modes:
+        for k in args.cp:
+            if cuda and k > gpus:
+                print(f"  {mode:8s} {k:2d}   skipped: {gpus} GPU(s) here")
+                continue
+            out = tmp / f"{mode}{k}.mp4"
+            try:
+                gen, total = timed(lambda p: generate_parallel(req, out, k, mode=mode, progress=p))
+            except Exception as exc:  # noqa: BLE001  a bench reports and goes on
+                print(f"  {mode:8s} {k:2d}   failed: {str(exc).splitlines()[0][:200]}")
+                continue
+            frames = read_video(out)[0].astype(np.int64)
+            mse = float(np.mean((frames - base) ** 2))
+            psnr = float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+            print(f"  {mode:8s} {k:2d} {gen:15.2f} {gen1 / gen:10.2f} {total:21.2f}   {psnr:<27.1f} "
+                  f"{int(np.abs(frames - base).max())}")
+    print("  'all' counts the split run's start: K processes, each loading the model (every split job does today).")
     return 0
 
 
