@@ -42,8 +42,8 @@ def add_scale_arguments(p: argparse.ArgumentParser) -> None:
     """Where GPU jobs run. Without --ray: in this process, one at a time (Ray is not needed, not imported)."""
     g = p.add_argument_group("scale out (optional: pip install -r requirements-ray.txt)")
     g.add_argument("--ray", default=None, metavar="ADDRESS",
-                   help="run GPU jobs on Ray actors, one per GPU: 'auto' (this box's GPUs, or the Ray started here "
-                        "with `ray start --head`) or ray://HEAD:10001 (an existing cluster)")
+                   help="run GPU jobs on Ray actors, one per GPU: 'auto' (this box's GPUs, or the Ray head already "
+                        "started on it) or ray://HEAD:10001 (an existing cluster)")
     g.add_argument("--ray-workers", type=int, default=None, metavar="N",
                    help="number of Ray actors (default: one per GPU of the cluster)")
     g.add_argument("--shared-dir", default=None, metavar="DIR",
