@@ -257,10 +257,11 @@ def test_workers_panel_rows_and_queue_hide_other_users_jobs(tmp_path):
     from studio.tabs.workers import queue_rows, summary, worker_rows
 
     m = JobManager(tmp_path / "out", progress_interval=0.0)
-    gate = threading.Event()
+    gate, started = threading.Event(), threading.Event()
 
     def slow(request, jc):
-        gate.wait(20)
+        started.set()  # the executor has registered the work (the row says running a little earlier)
+        gate.wait(60)
         return {}
 
     m.register("slow", WorkFn("tests.workloads:wait_work", local=slow), lane="gpu")
@@ -268,9 +269,7 @@ def test_workers_panel_rows_and_queue_hide_other_users_jobs(tmp_path):
     try:
         a = m.submit("alice", "slow", {})
         b = m.submit("bob", "slow", {})
-        deadline = time.monotonic() + 10
-        while m.get(a, "alice").status.value != "running" and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert started.wait(60)
         mine = worker_rows(ctx, "alice")
         assert len(mine) == 1 and mine[0][0] == "in-process" and mine[0][3] == "busy"
         assert mine[0][5] == f"{a[:8]} · slow" and mine[0][6].startswith("RSS ")
