@@ -159,6 +159,9 @@ def main(argv=None) -> int:
         finally:
             local.shutdown(timeout=10)
     ray.shutdown()
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)  # the jobs' outputs: only the figures are kept
 
     one = wait_rows[min(wait_rows)]
     print(f"\n(a) WAIT jobs of {args.seconds:g} s (sleep in 0.05 s steps with progress: a host waiting on its GPU)")
@@ -180,7 +183,7 @@ def main(argv=None) -> int:
     med = statistics.median(overheads) * 1000
     p95 = sorted(overheads)[int(0.95 * (len(overheads) - 1))] * 1000
     added = (statistics.median(ray_t) - statistics.median(local_t)) * 1000
-    print(f"\n(c) dispatch latency per job (goal < 50 ms)")
+    print("\n(c) dispatch latency per job (goal < 50 ms)")
     print(f"  executor timing, {len(overheads)} WAIT jobs: median {med:.1f} ms, p95 {p95:.1f} ms (actor granted -> "
           "result back, minus the work measured in the actor)")
     print(f"  {seq} sequential 0.05 s jobs, row time: in-process {statistics.median(local_t) * 1000:.1f} ms, "
@@ -249,6 +252,9 @@ def cp_main(args) -> int:
             print(f"  {mode:8s} {k:2d} {gen:15.2f} {gen1 / gen:10.2f} {total:21.2f}   {psnr:<27.1f} "
                   f"{int(np.abs(frames - base).max())}")
     print("  'all' counts the split run's start: K processes, each loading the model (every split job does today).")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

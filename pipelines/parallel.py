@@ -226,6 +226,8 @@ def _rank_main(rank: int, world: int, port: int, request: dict, out_path: str, m
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(rank)
+        else:  # the ranks share this host's cores: K x all-cores threads would oversubscribe them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
         control = dist.new_group(backend="gloo")  # cancel votes, on the CPU whatever the device
 
