@@ -66,3 +66,23 @@ def test_bind_address_local_lan_and_spaces():
     assert app.resolve_host(app.parse_args(["--listen"]), env={}) == "0.0.0.0"
     assert app.resolve_host(app.parse_args(["--host", "10.0.0.5"]), env={"GRADIO_SERVER_NAME": "0.0.0.0"}) == "10.0.0.5"
     assert app.resolve_host(app.parse_args([]), env={"GRADIO_SERVER_NAME": "0.0.0.0"}) == "0.0.0.0"
+
+
+def test_every_event_handler_takes_the_inputs_it_is_given(tmp_path):
+    """Gradio only warns when a handler's parameters do not match its inputs (a lambda cannot declare the
+    request, so it is counted as an input) and the click then fails at run time as "internal error". Building the
+    whole studio must raise no such warning: this caught the Compare tab's refresh button."""
+    import warnings
+
+    from studio.app import build_app
+    from studio.context import StudioConfig, build_context
+
+    ctx = build_context(StudioConfig(outputs_dir=str(tmp_path / "out")))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            build_app(ctx)
+    finally:
+        ctx.jobs.shutdown(timeout=5)
+    arity = [str(w.message) for w in caught if "arguments for function" in str(w.message)]
+    assert not arity, arity

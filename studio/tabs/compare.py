@@ -224,8 +224,11 @@ def build(ctx):
             return gr.skip(), sig
         return gr.update(choices=choices, value=current if current in ids else (ids[0] if ids else None)), new_sig
 
-    refresh.click(guard(lambda cur, request: refresh_choices(cur, None, request)), source, [source, choices_sig],
-                  **priv)
+    def refresh_now(current, request: gr.Request):
+        """The ↻ button: the list as it is now, whatever was last sent."""
+        return refresh_choices(current, None, request)
+
+    refresh.click(guard(refresh_now), source, [source, choices_sig], **priv)
     list_timer = gr.Timer(2.0)
     list_timer.tick(guard(refresh_choices), [source, choices_sig], [source, choices_sig], show_progress="hidden",
                     **priv)
