@@ -867,7 +867,10 @@ class JobManager:
             result = spec.fn(dict(job.request), ctx)
             result_dict = json.loads(_dumps({} if result is None else _result_dict(result)))
             outputs = _merge_outputs(ctx.outputs, result_dict.get("outputs"))
-            message = "finished before the cancel took effect" if ctx.cancelled else (ctx.message or "done")
+            # a message reported at 100% is the job's summary ("control ready", "downloaded"); one from before
+            # ("writing the mp4") would read as if the finished job were still at it
+            final = ctx.message if ctx.message and ctx.fraction >= 1.0 else "done"
+            message = "finished before the cancel took effect" if ctx.cancelled else final
             status, fields = JobStatus.DONE, dict(result=result_dict, outputs=outputs, progress=1.0, message=message)
         except BaseException as exc:  # noqa: BLE001  whatever a job raises, it must reach a final state
             status, fields = self._end_fields(job, exc)

@@ -353,7 +353,8 @@ def test_progress_preview_outputs_persist_and_throttle(outputs):
         assert job.started is not None and job.elapsed >= 0
         gate.release.set()
         job = manager.wait(job_id, timeout=WAIT)
-        assert job.status is JobStatus.DONE and job.progress == 1.0 and job.message == "step 3/10"
+        # its last message was from the middle of the work: a finished job reads "done", not "step 3/10"
+        assert job.status is JobStatus.DONE and job.progress == 1.0 and job.message == "done"
         assert [Path(p).name for p in job.outputs] == ["ckpt_0002.safetensors", "lora.safetensors"]
     finally:
         manager.shutdown(timeout=5)
@@ -469,3 +470,18 @@ def test_run_now_runs_in_the_calling_thread_and_is_recorded(manager):
     assert failed.status is JobStatus.FAILED and failed.error == "no prompt given; type one"
     gate.release.set()
     assert manager.wait(busy, timeout=WAIT).status is JobStatus.DONE
+
+
+def test_a_finished_job_keeps_its_summary_but_not_a_phase_it_passed(manager):
+    """The panel reads "done · control ready", never "done · writing the mp4" (the upscale pass read so)."""
+    def summary(_request, ctx):
+        ctx.progress(0.9, "writing the mp4")
+        ctx.progress(1.0, "control ready")
+
+    def phase(_request, ctx):
+        ctx.progress(0.9, "writing the mp4")
+
+    manager.register("summary", summary, lane="light")
+    manager.register("phase", phase, lane="light")
+    assert manager.wait(manager.submit("alice", "summary", {}), timeout=WAIT).message == "control ready"
+    assert manager.wait(manager.submit("alice", "phase", {}), timeout=WAIT).message == "done"
