@@ -12,7 +12,7 @@ def add_enhance_button(ctx, prompt, prefix: str, model=None, image=None):
     """A button + a note under `prompt`. `model` (a component holding the model name) and `image` (a component
     holding a frame path to look at: the first frame, a control) are optional."""
     with gr.Row():
-        btn = gr.Button("✨ Enhance prompt", size="sm", elem_id=f"{prefix}-enhance", scale=0, min_width=160)
+        btn = gr.Button("Enhance prompt", size="sm", elem_id=f"{prefix}-enhance", scale=0, min_width=160)
         note = gr.Markdown(elem_id=f"{prefix}-enhance-note")
 
     def run(text, m, img, request):
