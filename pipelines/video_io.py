@@ -296,12 +296,14 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 # read
 # ----------------------------------------------------------------------------------------------------------
 def read_video(path: str | os.PathLike, max_frames: int | None = None, *,
-               info: VideoInfo | None = None) -> tuple[np.ndarray, float]:
+               info: VideoInfo | None = None, frame_fn=None) -> tuple[np.ndarray, float]:
     """Decode a clip to uint8 [T,H,W,3] RGB in display orientation, plus its fps.
 
     A variable frame-rate clip is re-timed to its average rate with constant spacing (frames repeated or
     dropped where the source's spacing was uneven) so that motion plays at its real speed.
-    ``info`` skips the probe when the caller already has one.
+    ``info`` skips the probe when the caller already has one. ``frame_fn`` maps each decoded frame (a scratch
+    buffer, valid only during the call) to the uint8 [h,w,3] kept instead: a 4K clip conformed to 768x512 then
+    holds one 4K frame at a time, not all of them.
     """
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
@@ -318,17 +320,18 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None, *,
     h, w = info.height, info.width
     frame_bytes = h * w * 3
     capacity = max(1, min(info.frames + 2, max_frames or info.frames + 2))
-    buf = np.empty((capacity, h, w, 3), np.uint8)
+    scratch = np.empty((h, w, 3), np.uint8) if frame_fn is not None else None
+    buf = np.empty((capacity, h, w, 3), np.uint8) if frame_fn is None else None
     n = 0
     with tempfile.TemporaryFile() as errf:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf)
         try:
             while True:
-                if n == buf.shape[0]:
-                    if max_frames is not None and n >= max_frames:
-                        break
+                if max_frames is not None and n >= max_frames:
+                    break
+                if frame_fn is None and n == buf.shape[0]:
                     buf = np.concatenate([buf, np.empty_like(buf)], axis=0)
-                view = memoryview(buf[n]).cast("B")
+                view = memoryview(scratch if frame_fn is not None else buf[n]).cast("B")
                 got = 0
                 while got < frame_bytes:
                     k = proc.stdout.readinto(view[got:])
@@ -337,6 +340,13 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None, *,
                     got += k
                 if got < frame_bytes:
                     break
+                if frame_fn is not None:
+                    small = frame_fn(scratch)
+                    if buf is None:
+                        buf = np.empty((capacity,) + small.shape, np.uint8)
+                    elif n == buf.shape[0]:
+                        buf = np.concatenate([buf, np.empty_like(buf)], axis=0)
+                    buf[n] = small
                 n += 1
         finally:
             proc.stdout.close()
@@ -817,12 +827,16 @@ def _target_size(w: int, h: int, target: ConformTarget) -> tuple[int, int]:
     return max(m, w // m * m), max(m, h // m * m)
 
 
-def conform(frames: np.ndarray, fps: float, target: ConformTarget) -> tuple[np.ndarray, ConformReport]:
+def conform(frames: np.ndarray, fps: float, target: ConformTarget, *,
+            source_size: tuple[int, int] | None = None) -> tuple[np.ndarray, ConformReport]:
     """Make a clip valid for LTX: fps resample, then 8n+1 frames, then size on the grid. Reports each step.
 
     Order matters: the fps resample changes the frame count, so the 8n+1 trim comes after it; resizing comes
     last so it only touches frames that are kept. The time steps only choose source frame indices; pixels
     are produced once at the end (a plain trim returns a view of the input, no copy).
+
+    ``source_size`` (w, h): the frames were already resized and cropped one by one from a clip of that size
+    (``conform_file`` does so while decoding, see ``presize``); the size step is then reported, not redone.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -833,6 +847,10 @@ def conform(frames: np.ndarray, fps: float, target: ConformTarget) -> tuple[np.n
         raise UserError(f"the clip's fps must be a positive number, got {fps}")
     target.validate()
     t0, h0, w0, _ = frames.shape
+    if source_size is not None:
+        w0, h0 = source_size
+        if frames.shape[1:3] != _target_size(w0, h0, target)[::-1]:
+            raise ValueError(f"frames {frames.shape} were not presized from {w0}x{h0} for this target")
     source = {"width": w0, "height": h0, "frames": t0, "fps": float(fps)}
     changes: list[str] = []
     idx = np.arange(t0)
@@ -874,7 +892,12 @@ def conform(frames: np.ndarray, fps: float, target: ConformTarget) -> tuple[np.n
     # 3. size on the grid: resize to cover, then center-crop
     tw, th = _target_size(w0, h0, target)
     if (tw, th) != (w0, h0):
-        out, (rw, rh) = resize_cover_crop(frames, tw, th, indices=idx)
+        if source_size is None:
+            out, (rw, rh) = resize_cover_crop(frames, tw, th, indices=idx)
+        else:
+            plain = np.array_equal(idx, np.arange(len(idx)))  # a trim: a view, no copy
+            out = frames[:len(idx)] if plain else frames[idx]
+            rw, rh = _cover_crop_size(w0, h0, tw, th)
         why = (f"LTX needs multiples of {target.multiple}" if target.width is None and target.height is None
                else "the size you asked for")
         if (rw, rh) == (tw, th):
@@ -906,11 +929,23 @@ def _frames_needed(info: VideoInfo, target: ConformTarget) -> int | None:
     return int(math.ceil((target.frames - 1) * info.fps / target.fps)) + 2
 
 
+def presize(info: VideoInfo, target: ConformTarget):
+    """The per-frame resize + crop conform would apply to this clip, when it makes frames smaller (else None):
+    done while decoding, a long 4K clip conformed to 768x512 never sits in memory at 4K. Each frame gets the
+    same cv2 call as ``resize_cover_crop``, so the result is identical."""
+    tw, th = _target_size(info.width, info.height, target)
+    if tw * th >= info.width * info.height:
+        return None
+    return lambda frame: resize_cover_crop(frame[None], tw, th)[0][0]
+
+
 def conform_file(path: str | os.PathLike, target: ConformTarget) -> tuple[np.ndarray, float, ConformReport]:
-    """probe + read + conform. The report's ``source`` carries the probe, and notes rotation / VFR handling."""
+    """probe + read + conform. The report's ``source`` carries the probe, and notes rotation / VFR handling.
+    Frames are resized while decoding when that shrinks them (``presize``)."""
     target.validate()
     info = probe(path)
-    frames, fps = read_video(path, max_frames=_frames_needed(info, target), info=info)
+    fn = presize(info, target)
+    frames, fps = read_video(path, max_frames=_frames_needed(info, target), info=info, frame_fn=fn)
     notes: list[str] = []
     if info.rotation:
         notes.append(f"rotated {info.rotation}° clockwise as the file's rotation tag says "
@@ -921,7 +956,7 @@ def conform_file(path: str | os.PathLike, target: ConformTarget) -> tuple[np.nda
         notes.append(f"trimmed {info.frames} frames to {target.frames} (the frame count you asked for)")
     elif frames.shape[0] < info.frames - 1:
         notes.append(f"used the first {frames.shape[0]} of {info.frames} frames")
-    out, report = conform(frames, fps, target)
+    out, report = conform(frames, fps, target, source_size=(info.width, info.height) if fn else None)
     report.changes[:0] = notes
     read_frames = report.source["frames"]
     report.source = {**info.to_dict(), "frames_read": read_frames}

@@ -182,6 +182,41 @@ def test_conform_file_reads_only_what_it_needs_and_says_so(make_video):
     assert "trimmed 60 frames to 17" in report.text()
 
 
+@pytest.mark.parametrize("w, h, fps, target", [
+    (722, 406, 30, ConformTarget()),                                     # off the grid: resize + crop, 8n+1
+    (320, 240, 60, ConformTarget(width=128, height=64, frames=17, fps=24)),  # fps resample, trim, aspect crop
+    (320, 240, 24, ConformTarget(width=96, height=96, frames=33, pad=True)),  # short clip held to 33
+])
+def test_conform_file_resizes_while_decoding_with_the_same_result(make_video, w, h, fps, target):
+    """conform_file shrinks each frame as it is decoded (a 4K clip never sits in memory at 4K) and gives what
+    decoding everything, then conforming, gives: the same pixels, the same report."""
+    import tracemalloc
+
+    path = make_video(f"src{w}x{h}x{fps}.mp4", frames=29, width=w, height=h, fps=fps)
+    full, full_fps = read_video(path)
+    want, want_report = conform(full, full_fps, target)
+    del full
+    tracemalloc.start()
+    try:
+        got, got_fps, report = conform_file(path, target)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(got, want) and got_fps == want_report.fps
+    assert report.changes[-len(want_report.changes):] == want_report.changes
+    # what stayed in memory: the output and one source frame, not every decoded frame at the source size
+    assert peak < got.nbytes * 2 + w * h * 3 * 3, (peak, got.nbytes)
+
+
+def test_upscaling_is_not_done_while_decoding(make_video):
+    """Growing frames while decoding would hold more than the source: small clips conform as before."""
+    from pipelines.video_io import presize
+
+    path = make_video("small.mp4", frames=9, width=64, height=32)
+    assert presize(probe(path), ConformTarget(width=128, height=64)) is None
+    assert presize(probe(path), ConformTarget(width=32, height=32)) is not None
+
+
 def test_odd_size_yuv444(make_video):
     path = make_video("odd444.mp4", frames=9, width=721, height=403, pix_fmt="yuv444p")
     info = probe(path)

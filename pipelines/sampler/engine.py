@@ -314,7 +314,7 @@ class Engine:
     def _control_frames(self, path: str, req: GenerateRequest, rw: int, rh: int) -> tuple[np.ndarray, str | None]:
         """A control video's frames at the reference size (conformed when the request allows), uint8
         [F,rh,rw,3], and the conform report in words; cached by (file identity, target)."""
-        from pipelines.video_io import ConformTarget, conform, read_video
+        from pipelines.video_io import ConformTarget, conform_file, read_video
 
         try:
             st = Path(path).stat()
@@ -326,12 +326,14 @@ class Engine:
         if hit is not None:
             self._controls.move_to_end(key)
             return hit
-        frames, fps = read_video(path)
         note = None
-        if req.conform_controls:
-            frames, rep = conform(frames, fps, ConformTarget(width=rw, height=rh, frames=req.frames, fps=req.fps, pad=True))
+        if req.conform_controls:  # only the frames it needs, each resized as it is decoded
+            frames, _fps, rep = conform_file(path, ConformTarget(width=rw, height=rh, frames=req.frames,
+                                                                 fps=req.fps, pad=True))
             note = "; ".join(rep.changes) or None
-        elif frames.shape[1:3] != (rh, rw) or len(frames) != req.frames:
+        else:
+            frames, _fps = read_video(path)
+        if not req.conform_controls and (frames.shape[1:3] != (rh, rw) or len(frames) != req.frames):
             raise UserError(f"control {Path(path).name} is {frames.shape[2]}x{frames.shape[1]}x{len(frames)}; "
                             f"this run needs {rw}x{rh}x{req.frames} (turn on conforming)")
         frames.setflags(write=False)
