@@ -45,6 +45,7 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -55,13 +56,15 @@ from pipelines.errors import Cancelled, UserError
 log = logging.getLogger(__name__)
 
 __all__ = ["cp_plan", "check_devices", "enable_context_parallel", "generate_parallel", "LOCAL_ATTENTIONS",
-           "CP_MODES", "RING_BACKEND"]
+           "CP_MODES", "RING_BACKEND", "ParallelGroup", "ParallelPool", "RankLost", "shared_pool",
+           "release_shared_group"]
 
 CP_MODES = ("ulysses", "ring")
 # attentions whose keys/values are whole on every rank (text, audio): they run locally, no communication
 LOCAL_ATTENTIONS = ("attn2", "audio_attn1", "audio_attn2", "audio_to_video_attn")
 # ring attention's backend for the split attentions: it must return the log-sum-exp (torch's cuDNN SDPA does)
 RING_BACKEND = "_native_cudnn"
+DEFAULT_IDLE_S = 600.0  # a warm group's processes are released after this long without a job
 
 
 def cp_plan(transformer) -> dict:
@@ -117,76 +120,341 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class RankLost(RuntimeError):
+    """A process of a context-parallel group stopped, or did not answer in time: the group was shut down (its
+    job fails; the next split job starts a new group)."""
+
+
+def _idle_default() -> float:
+    try:
+        return float(os.environ.get("ICLORA_SP_IDLE_S", "") or DEFAULT_IDLE_S)
+    except ValueError:
+        return DEFAULT_IDLE_S
+
+
+class ParallelGroup:
+    """K spawned processes of this host that join one torch.distributed group, load one model once and split its
+    transformer (module docstring), then run requests one after another until ``close()``.
+
+    ``key`` = (model, tier, models_dir, world, mode): a request for anything else needs another group
+    (``ParallelPool`` replaces it). Rank 0 reports progress, previews and the result; the ``cancel`` Event reaches
+    every rank, which vote on it between steps (all stop at the same step). After a job every rank reports back
+    idle; only then is the next job sent. A UserError or a cancel leaves the group in service (every rank ran the
+    same request to the same point); any other failure, a rank that exits, or ranks that do not come back within
+    ``settle_timeout`` of a failure, shut the whole group down (``broken``) and the job raises ``RankLost``.
+    Every wait here is bounded or watches the processes: nothing waits on a dead rank."""
+
+    def __init__(self, world: int, *, model: str = "tiny", tier: str = "auto", models_dir: str | None = None,
+                 mode: str = "ulysses", start_timeout: float = 1800.0, settle_timeout: float = 60.0):
+        import multiprocessing as mp
+
+        self.world = int(world)
+        self.mode = mode
+        self.key = group_key(model, tier, models_dir, self.world, mode)
+        self.start_timeout = float(start_timeout)
+        self.settle_timeout = float(settle_timeout)
+        self.ready = False
+        self.broken: str | None = None  # why the group was shut down
+        self.closed = False
+        self.jobs_run = 0
+        self.loads: dict[int, int] = {}  # models each rank built (its ModelCache.loads)
+        self.last_used = time.monotonic()
+        self._job = 0
+        self._lock = threading.Lock()
+        ctx = mp.get_context("spawn")
+        self._events = ctx.Queue()
+        self._jobs = [ctx.Queue() for _ in range(self.world)]
+        self._cancel = ctx.Event()
+        self._scratch = Path(tempfile.mkdtemp(prefix="iclora-sp-"))
+        port = _free_port()
+        spec = {"model": model, "tier": tier, "models_dir": models_dir, "mode": mode}
+        self._procs = [ctx.Process(target=_rank_loop, name=f"sp-rank{r}", daemon=True,
+                                   args=(r, self.world, port, spec, str(self._scratch), self._jobs[r], self._events,
+                                         self._cancel, os.getpid()))
+                       for r in range(self.world)]
+        for p in self._procs:
+            p.start()
+        self.started = time.monotonic()
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    def healthy(self) -> bool:
+        return not self.closed and self.broken is None and all(p.is_alive() for p in self._procs)
+
+    # ---- the wait loop: one place that watches the ranks
+    def _next(self, timeout: float):
+        """The next event from the ranks, or None after ``timeout``. A rank that exited shuts the group down."""
+        import queue
+
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            pass
+        dead = [(r, p.exitcode) for r, p in enumerate(self._procs) if p.exitcode is not None]
+        if dead:
+            rank, code = dead[0]
+            self._break(f"rank {rank} of {self.world} stopped (exit code {code})")
+        return None
+
+    def _break(self, why: str) -> None:
+        self.broken = self.broken or why
+        log.warning("context-parallel group %s shut down: %s", self.pids, why)
+        self.close(timeout=5)
+        raise RankLost(f"a process of the split run stopped: {why}. Its group was shut down; the next split "
+                       "job starts a new one")
+
+    def _wait_ready(self, progress, should_cancel, deadline) -> None:
+        started = self.ready
+        if not started and progress is not None:
+            progress(0.0, f"starting {self.world} processes, loading the model in each", None)
+        ready = set()
+        limit = time.monotonic() + self.start_timeout
+        while not self.ready:
+            if should_cancel is not None and should_cancel():
+                raise Cancelled("cancelled")  # the ranks go on loading: the group stays for the next job
+            now = time.monotonic()
+            if now > limit or (deadline is not None and now > deadline):
+                self._break(f"the {self.world} processes did not load the model within {self.start_timeout:.0f} s")
+            ev = self._next(0.25)
+            if ev is None:
+                continue
+            if ev[0] == "ready":
+                _, rank, _pid, loads = ev
+                ready.add(rank)
+                self.loads[rank] = loads
+                self.ready = len(ready) == self.world
+            elif ev[0] == "error":  # a rank could not start: the group is of no use
+                _, _job, rank, kind, message, tb = ev
+                self.broken = message
+                self.close(timeout=10)
+                _raise(kind, message, tb)
+
+    def run(self, request, out_path, *, progress: Callable | None = None,
+            should_cancel: Callable[[], bool] | None = None, preview_dir=None, timeout: float | None = None) -> dict:
+        """One generation on the group (a ``GenerateRequest`` of the group's model and tier). Same answer as
+        ``EngineService.generate``."""
+        with self._lock:
+            if not self.healthy():
+                raise RankLost(f"this context-parallel group is shut down ({self.broken or 'closed'})")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            try:
+                self._wait_ready(progress, should_cancel, deadline)
+                return self._run(request, out_path, progress, should_cancel, preview_dir, deadline, timeout)
+            finally:
+                self.last_used = time.monotonic()
+
+    def _run(self, req, out_path, progress, should_cancel, preview_dir, deadline, timeout) -> dict:
+        self._job += 1
+        job = self._job
+        self._cancel.clear()  # every rank is idle: nobody is reading it
+        message = (job, req.to_dict(), os.fspath(out_path), os.fspath(preview_dir) if preview_dir else None)
+        for q in self._jobs:
+            q.put(message)
+        result, errors, idle, settle = None, [], set(), None
+        while len(idle) < self.world:
+            if should_cancel is not None and not self._cancel.is_set() and should_cancel():
+                self._cancel.set()
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
+                self._break(f"the split generation took longer than {timeout:.0f} s")
+            if settle is not None and now > settle:
+                self._break(f"after a failure ({errors[0][2]}) rank(s) "
+                            f"{sorted(set(range(self.world)) - idle)} did not come back within "
+                            f"{self.settle_timeout:.0f} s")
+            ev = self._next(0.25)
+            if ev is None or ev[1] != job:  # nothing yet, or a late word of an earlier job
+                continue
+            kind = ev[0]
+            if kind == "progress":
+                if progress is not None:
+                    progress(*ev[2:])
+            elif kind == "done":
+                result = ev[2]
+            elif kind == "error":
+                errors.append(ev[2:])  # (rank, kind, message, traceback)
+                if settle is None:
+                    settle = time.monotonic() + self.settle_timeout
+                    self._cancel.set()  # ranks still in the loop stop at their next step
+            elif kind == "idle":
+                idle.add(ev[2])
+                self.loads[ev[2]] = ev[3]
+        self.jobs_run += 1
+        if result is not None and not any(e[0] == 0 for e in errors):
+            if errors:
+                log.warning("context parallel: rank 0 finished but rank %s failed: %s", errors[0][0], errors[0][2])
+            return result
+        rank, kind, message, tb = errors[0]
+        if kind not in ("user", "cancelled"):  # the process group may be unusable: a fresh one for the next job
+            self.broken = message
+            self.close(timeout=10)
+        _raise(kind, message, tb)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the ranks (after their current job, if they are idle within ``timeout``; killed otherwise) and
+        wait for them: no process of the group is left behind."""
+        if self.closed:
+            return
+        self.closed = True
+        for q in self._jobs:
+            try:
+                q.put(None)
+            except Exception:  # noqa: BLE001  a queue whose reader is gone
+                pass
+        end = time.monotonic() + timeout
+        for p in self._procs:
+            p.join(max(0.0, end - time.monotonic()))
+        for p in self._procs:
+            if p.is_alive():
+                p.kill()
+                p.join(10)
+        for q in (*self._jobs, self._events):
+            q.cancel_join_thread()  # never block this process on a queue's feeder at exit
+            q.close()
+        import shutil
+
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def _raise(kind: str, message: str, tb: str):
+    if kind == "cancelled":
+        raise Cancelled("cancelled")
+    if kind == "user":
+        raise UserError(message)
+    raise RankLost(f"context-parallel generation failed: {message}\n{tb}")
+
+
+def group_key(model: str, tier, models_dir, world: int, mode: str) -> tuple:
+    tier = getattr(tier, "value", tier) or "auto"
+    return (model or "tiny", str(tier), os.fspath(models_dir) if models_dir else None, int(world), mode)
+
+
+class ParallelPool:
+    """At most one warm ``ParallelGroup`` of this process, reused by every split job of the same model, memory
+    tier, models folder, K and mode; another of those replaces it. A group idle for ``idle_timeout`` seconds
+    (``ICLORA_SP_IDLE_S``, default 600) is closed, and so is a group whose rank died (replaced at the next job).
+    ``before_start`` runs before a group's processes start (the studio gives its own model copy back on CUDA)."""
+
+    def __init__(self, idle_timeout: float | None = None, *, start_timeout: float = 1800.0,
+                 settle_timeout: float = 60.0):
+        self.idle_timeout = _idle_default() if idle_timeout is None else float(idle_timeout)
+        self.start_timeout = start_timeout
+        self.settle_timeout = settle_timeout
+        self.group: ParallelGroup | None = None
+        self.groups_started = 0
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    def run(self, request, out_path, world: int, *, models_dir: str | None = None, mode: str = "ulysses",
+            progress: Callable | None = None, should_cancel: Callable[[], bool] | None = None, preview_dir=None,
+            timeout: float | None = None, before_start: Callable[[], None] | None = None) -> dict:
+        from pipelines.requests import GenerateRequest
+
+        req = request if isinstance(request, GenerateRequest) else GenerateRequest.from_dict(request)
+        req.validate()
+        world = int(world)
+        if world < 2:
+            raise UserError("context parallel needs at least 2 processes (GPUs per job >= 2)")
+        check_mode(mode)
+        check_devices(world)
+        key = group_key(req.model, req.tier, models_dir, world, mode)
+        with self._lock:
+            self._disarm()
+            group = self.group
+            if group is not None and (group.key != key or not group.healthy()):
+                group.close()  # another model / K / mode, or a rank died while idle: replaced
+                group = self.group = None
+            if group is None:
+                if before_start is not None:
+                    before_start()
+                group = self.group = ParallelGroup(world, model=key[0], tier=key[1], models_dir=models_dir,
+                                                   mode=mode, start_timeout=self.start_timeout,
+                                                   settle_timeout=self.settle_timeout)
+                self.groups_started += 1
+            try:
+                return group.run(req, out_path, progress=progress, should_cancel=should_cancel,
+                                 preview_dir=preview_dir, timeout=timeout)
+            finally:
+                if not group.healthy():
+                    group.close()
+                    if self.group is group:
+                        self.group = None
+                else:
+                    self._arm(group)
+
+    def close(self) -> None:
+        """Release the warm group's processes now (waits for a job in progress to end)."""
+        with self._lock:
+            self._disarm()
+            if self.group is not None:
+                self.group.close()
+                self.group = None
+
+    def status(self) -> dict | None:
+        g = self.group
+        if g is None or not g.healthy():
+            return None
+        model, tier, _, world, mode = g.key
+        return {"model": model, "tier": tier, "world": world, "mode": mode, "pids": g.pids, "jobs": g.jobs_run,
+                "idle_s": round(time.monotonic() - g.last_used, 1), "ready": g.ready}
+
+    def _arm(self, group) -> None:
+        if self.idle_timeout <= 0:
+            return
+        self._timer = threading.Timer(self.idle_timeout, self._idle_close, args=(group,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _idle_close(self, group) -> None:
+        with self._lock:
+            if self.group is group and time.monotonic() - group.last_used >= self.idle_timeout * 0.99:
+                log.info("context-parallel group %s idle for %.0f s: released", group.pids, self.idle_timeout)
+                group.close()
+                self.group = None
+                self._timer = None
+
+
+_shared_pool: ParallelPool | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_pool() -> ParallelPool:
+    """This process's pool (the studio's and the CLI's split jobs); closed at exit."""
+    global _shared_pool
+    with _shared_lock:
+        if _shared_pool is None:
+            import atexit
+
+            _shared_pool = ParallelPool()
+            atexit.register(_shared_pool.close)
+        return _shared_pool
+
+
+def release_shared_group() -> None:
+    """Close this process's warm group, if there is one (on CUDA before this process loads a model itself: the
+    ranks hold GPUs 0..K-1)."""
+    pool = _shared_pool
+    if pool is not None and pool.group is not None:
+        pool.close()
+
+
 def generate_parallel(request, out_path: str | os.PathLike, world: int, *, models_dir: str | None = None,
                       progress: Callable | None = None, should_cancel: Callable[[], bool] | None = None,
                       preview_dir: str | os.PathLike | None = None, mode: str = "ulysses",
-                      timeout: float | None = None) -> dict:
+                      timeout: float | None = None, pool: ParallelPool | None = None) -> dict:
     """Generate one video with its transformer split over ``world`` processes of this host (GPUs 0..world-1 as
-    this process sees them; gloo on a CPU). Same answer as ``EngineService.generate``; progress and previews come
-    from rank 0; a cancel stops every rank at the same step. UserError from any rank is raised as is."""
-    import multiprocessing as mp
-
-    from pipelines.requests import GenerateRequest
-
-    req = request if isinstance(request, GenerateRequest) else GenerateRequest.from_dict(request)
-    req.validate()
-    world = int(world)
-    if world < 2:
-        raise UserError("context parallel needs at least 2 processes (GPUs per job >= 2)")
-    check_mode(mode)
-    check_devices(world)
-    ctx = mp.get_context("spawn")
-    events = ctx.Queue()
-    cancel = ctx.Event()
-    port = _free_port()
-    scratch = Path(tempfile.mkdtemp(prefix="iclora-sp-"))
-    procs = [ctx.Process(target=_rank_main, name=f"sp-rank{r}", daemon=True,
-                         args=(r, world, port, req.to_dict(), os.fspath(out_path), models_dir,
-                               os.fspath(preview_dir) if preview_dir else None, mode, str(scratch), events, cancel))
-             for r in range(world)]
-    for p in procs:
-        p.start()
-    result = None
-    error: tuple | None = None
-    deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        while result is None and error is None:
-            if should_cancel is not None and should_cancel() and not cancel.is_set():
-                cancel.set()
-            try:
-                kind, *payload = events.get(timeout=0.25)
-            except Exception:  # noqa: BLE001  queue.Empty: look at the ranks
-                dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    error = ("internal", f"rank {procs.index(dead[0])} exited with code {dead[0].exitcode}", "")
-                if deadline is not None and time.monotonic() > deadline:
-                    error = ("internal", f"context-parallel generation took longer than {timeout:.0f} s", "")
-                continue
-            if kind == "progress" and progress is not None:
-                progress(*payload)
-            elif kind == "done":
-                result = payload[0]
-            elif kind == "error":
-                error = tuple(payload)
-    finally:
-        if error is not None:
-            cancel.set()
-        for p in procs:
-            p.join(timeout=60 if error is None else 10)
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-        import shutil
-
-        shutil.rmtree(scratch, ignore_errors=True)
-    if error is not None:
-        kind, message, tb = error
-        if kind == "cancelled":
-            raise Cancelled("cancelled")
-        if kind == "user":
-            raise UserError(message)
-        raise RuntimeError(f"context-parallel generation failed: {message}\n{tb}")
-    return result
+    this process sees them; gloo on a CPU), on ``pool``'s warm group (default: this process's shared pool).
+    Same answer as ``EngineService.generate``; progress and previews come from rank 0; a cancel stops every rank
+    at the same step. UserError from any rank is raised as is."""
+    return (pool or shared_pool()).run(request, out_path, world, models_dir=models_dir, mode=mode,
+                                       progress=progress, should_cancel=should_cancel, preview_dir=preview_dir,
+                                       timeout=timeout)
 
 
 def check_mode(mode: str) -> None:
@@ -212,9 +480,29 @@ def check_devices(world: int) -> None:
                         f"set GPUs per generation (--sp) to {seen} or less")
 
 
-def _rank_main(rank: int, world: int, port: int, request: dict, out_path: str, models_dir: str | None,
-               preview_dir: str | None, mode: str, scratch: str, events, cancel) -> None:
-    """One rank: join the group, load the model, split its transformer, run the ordinary engine."""
+def _classify(exc: BaseException, world: int) -> tuple[str, str, str]:
+    """(kind, message, traceback) of a rank's failure: cancelled, user (plain words) or internal."""
+    from pipelines.errors import plain_error
+
+    if isinstance(exc, AssertionError) and "divisible by mesh size" in str(exc):
+        exc = UserError(f"this video's tokens do not split evenly over {world} processes, which gloo (a CPU) "
+                        "needs: change the frame count or size, or use GPUs (NCCL splits any count)")
+    if isinstance(exc, Cancelled):
+        return "cancelled", "cancelled", ""
+    if isinstance(exc, UserError):
+        return "user", str(exc), ""
+    plain = plain_error(exc)
+    if plain:
+        return "user", plain, ""
+    return "internal", f"{type(exc).__name__}: {exc}", traceback.format_exc()
+
+
+def _rank_loop(rank: int, world: int, port: int, spec: dict, scratch: str, jobs, events, cancel,
+               parent: int) -> None:
+    """One rank of a group: join it, load the model once, split its transformer, then run the jobs it is sent
+    (None: stop) with the ordinary engine. Every job ends with an "idle" word; a parent that went away ends it."""
+    import queue
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     if sys.platform.startswith("linux"):
@@ -237,39 +525,52 @@ def _rank_main(rank: int, world: int, port: int, request: dict, out_path: str, m
         from pipelines.sampler.attention import install_reference_bias
         from pipelines.service import EngineService
 
-        req = GenerateRequest.from_dict(request)  # gpus=world: the files record the request as asked
-        loaded = default_cache().get(get_spec(req.model, models_dir), req.tier or MemoryTier.AUTO)
-        install_reference_bias(loaded.pipe.transformer)  # before diffusers hands its config to the processors
+        mode = spec["mode"]
+        loaded = default_cache().get(get_spec(spec["model"], spec["models_dir"]), MemoryTier(spec["tier"]))
+        loaded.bias_state = install_reference_bias(loaded.pipe.transformer)  # before diffusers configures them
         enable_context_parallel(loaded.pipe.transformer, world, mode)
+        service = EngineService(models_dir=spec["models_dir"])  # one engine for the group's life (its caches)
+    except BaseException as exc:  # noqa: BLE001  the parent hears of every ending
+        events.put(("error", 0, rank, *_classify(exc, world)))
+        return
+    events.put(("ready", rank, os.getpid(), default_cache().loads))
 
-        def stop_now() -> bool:  # every rank asks at the same points: the vote keeps them in step
-            flag = torch.tensor([1 if cancel.is_set() else 0], dtype=torch.int32)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=control)
-            return bool(flag.item())
+    def stop_now() -> bool:  # every rank asks at the same points: the vote keeps them in step
+        flag = torch.tensor([1 if cancel.is_set() else 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=control)
+        return bool(flag.item())
 
-        def report(fraction, message, preview):
+    while True:
+        try:
+            msg = jobs.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the studio is gone: no orphan rank
+                return
+            continue
+        if msg is None:
+            break
+        job, request, out_path, preview_dir = msg
+
+        def report(fraction, message, preview, job=job):
             if rank == 0:
-                events.put(("progress", fraction, message, preview))
+                events.put(("progress", job, fraction, message, preview))
 
-        out = out_path if rank == 0 else str(Path(scratch) / f"rank{rank}" / Path(out_path).name)
-        res = EngineService(models_dir=models_dir).generate_here(  # this rank's part: the plain engine
-            req, out, progress=report, should_cancel=stop_now, preview_dir=preview_dir if rank == 0 else None)
-        if rank == 0:
-            meta = dict(res.get("metadata") or {}, context_parallel={"world": world, "mode": mode})
-            events.put(("done", dict(res, metadata=meta)))
-        dist.barrier(group=control)
+        try:
+            req = GenerateRequest.from_dict(request)  # gpus=world: the files record the request as asked
+            out = out_path if rank == 0 else str(Path(scratch) / f"rank{rank}" / Path(out_path).name)
+            res = service.generate_here(req, out, progress=report, should_cancel=stop_now,
+                                        preview_dir=preview_dir if rank == 0 else None)
+            if rank == 0:
+                meta = dict(res.get("metadata") or {}, context_parallel={"world": world, "mode": mode})
+                events.put(("done", job, dict(res, metadata=meta)))
+            else:
+                import shutil
+
+                shutil.rmtree(Path(scratch) / f"rank{rank}", ignore_errors=True)
+        except BaseException as exc:  # noqa: BLE001
+            events.put(("error", job, rank, *_classify(exc, world)))
+        events.put(("idle", job, rank, default_cache().loads))
+    try:
         dist.destroy_process_group()
-    except BaseException as exc:  # noqa: BLE001  every ending is reported to the parent
-        from pipelines.errors import plain_error
-
-        if isinstance(exc, AssertionError) and "divisible by mesh size" in str(exc):
-            exc = UserError(f"this video's tokens do not split evenly over {world} processes, which gloo (a CPU) "
-                            "needs: change the frame count or size, or use GPUs (NCCL splits any count)")
-        if isinstance(exc, Cancelled):
-            events.put(("error", "cancelled", "cancelled", ""))
-        elif isinstance(exc, UserError):
-            events.put(("error", "user", str(exc), ""))
-        else:
-            plain = plain_error(exc)
-            events.put(("error", "user" if plain else "internal", plain or f"rank {rank}: {type(exc).__name__}: "
-                        f"{exc}", "" if plain else traceback.format_exc()))
+    except Exception:  # noqa: BLE001  the others may be gone already
+        pass

@@ -24,10 +24,13 @@ class EngineService:
     def engine(self, model: str, tier=None):
         from pipelines.models.loader import default_cache
         from pipelines.models.registry import get_spec
+        from pipelines.parallel import release_shared_group, visible_gpus
         from pipelines.requests import MemoryTier
         from pipelines.sampler.engine import Engine
 
         spec = get_spec(model, self.models_dir)
+        if visible_gpus():  # a warm context-parallel group holds GPUs 0..K-1: give them back before loading here
+            release_shared_group()
         loaded = default_cache().get(spec, tier or MemoryTier.AUTO)
         key = id(loaded)
         if key not in self._engines:
@@ -40,18 +43,27 @@ class EngineService:
         req = request if isinstance(request, GenerateRequest) else GenerateRequest.from_dict(request)
         req.validate()
         if (req.gpus or 1) > 1:  # one video over several GPUs (pipelines.parallel): every rank runs generate_here
-            from pipelines.parallel import check_devices, generate_parallel, visible_gpus
+            from pipelines.parallel import check_devices, shared_pool
 
             check_devices(req.gpus)
             with self._lock:  # the GPUs are the ranks' now: no other generation of this process meanwhile
-                if visible_gpus():  # rank 0 loads its own copy on GPU 0: give this process's copy back first
-                    from pipelines.models.loader import default_cache
-
-                    self._engines = {}
-                    default_cache().clear()
-                return generate_parallel(req, out_path, req.gpus, models_dir=self.models_dir, progress=progress,
-                                         should_cancel=should_cancel, preview_dir=preview_dir)
+                # this process's warm group of K ranks (started, with the model loaded in each, by the first such
+                # job; released after ICLORA_SP_IDLE_S idle seconds)
+                return shared_pool().run(req, out_path, req.gpus, models_dir=self.models_dir, progress=progress,
+                                         should_cancel=should_cancel, preview_dir=preview_dir,
+                                         before_start=self._release_models)
         return self.generate_here(req, out_path, progress, should_cancel, preview_dir)
+
+    def _release_models(self) -> None:
+        """Before a context-parallel group starts on CUDA: rank 0 loads its own copy on GPU 0, so this process
+        gives its copy back (on a CPU the copies share the host's memory and nothing is released)."""
+        from pipelines.parallel import visible_gpus
+
+        if visible_gpus():
+            from pipelines.models.loader import default_cache
+
+            self._engines = {}
+            default_cache().clear()
 
     def generate_here(self, req: GenerateRequest, out_path: str | os.PathLike, progress: ProgressFn | None = None,
                       should_cancel: Callable[[], bool] | None = None,

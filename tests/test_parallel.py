@@ -119,6 +119,72 @@ def control():
     return str(ASSETS_DIR / "sample_motion.mp4")
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (a zombie is an exited child nobody waited for)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _gone(pids, within: float = 60.0) -> bool:
+    import time
+
+    end = time.monotonic() + within
+    while any(_running(p) for p in pids):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _released(pool, pids, within: float = 60.0) -> bool:
+    """The pool's group is released (idle) and its processes gone, within a bounded wait."""
+    import time
+
+    end = time.monotonic() + within
+    while pool.group is not None and time.monotonic() < end:
+        time.sleep(0.1)
+    return pool.group is None and _gone(pids, max(1.0, end - time.monotonic()))
+
+
+@pytest.fixture
+def pool():
+    """A pool of its own (no idle release unless the test sets one); closed after the test, no process left."""
+    from pipelines.parallel import ParallelPool
+
+    p = ParallelPool(idle_timeout=0, settle_timeout=60)
+    started = []
+    real = p.run
+
+    def run(*a, **kw):
+        try:
+            return real(*a, **kw)
+        finally:
+            if p.group is not None:
+                started.extend(p.group.pids)
+    p.run = run
+    yield p
+    if p.group is not None:
+        started.extend(p.group.pids)
+    p.close()
+    assert _gone(started), [pid for pid in started if _running(pid)]
+
+
+@pytest.fixture(autouse=True)
+def _no_group_left():
+    """Tests that go through the studio or EngineService use this process's shared pool: closed after each."""
+    yield
+    from pipelines import parallel
+
+    pool = parallel._shared_pool
+    if pool is not None and pool.group is not None:
+        pids = pool.group.pids
+        pool.close()
+        assert _gone(pids)
+
+
 def test_two_processes_equal_one_with_a_biased_reference_and_audio(tmp_path, control):
     """A control reference at attention strength 0.5 (the log-bias path of our attn1 processor, per rank), the
     soundtrack on (audio<->video attention across the split), per-token timesteps: same frames as 1 process."""
@@ -137,6 +203,107 @@ def test_two_processes_equal_one_with_a_biased_reference_and_audio(tmp_path, con
     assert any(m.startswith("step 8/8") for _, m in seen) and seen[-1][1] == "done"  # rank 0's progress
     assert [f for f, _ in seen] == sorted(f for f, _ in seen)
     assert not list(tmp_path.glob("rank*"))  # the other rank's copy is not left beside the output
+
+
+def test_two_jobs_on_a_warm_group_reuse_its_processes_and_load_the_model_once(tmp_path, pool, control):
+    """The second and third jobs run in the first job's processes (same pids), no model is loaded again (each
+    rank's ModelCache built one), and each equals its 1-process output. An uneven split (a UserError from every
+    rank) in between is raised as is and leaves the group in service."""
+    from pipelines.errors import UserError
+    from pipelines.parallel import generate_parallel
+    from pipelines.service import EngineService
+
+    first = dict(prompt="a red ball", width=64, height=64, frames=9, seed=4, audio=False)
+    second = dict(prompt="a blue cube", width=64, height=64, frames=17, seed=7, audio=True,
+                  attention_strength=0.5, controls=[{"path": control}])
+    seen = {0: [], 1: []}
+    out = {}
+    out[0] = generate_parallel(first, tmp_path / "a.mp4", 2, pool=pool, timeout=600,
+                               progress=lambda f, m, p: seen[0].append(m))
+    group = pool.group
+    pids = group.pids
+    assert group.loads == {0: 1, 1: 1} and len(set(pids)) == 2
+    with pytest.raises(UserError, match="split evenly"):
+        generate_parallel(dict(first, width=96, height=96, frames=17), tmp_path / "odd.mp4", 2, pool=pool,
+                          timeout=600)
+    assert pool.group is group and group.healthy()
+    out[1] = generate_parallel(second, tmp_path / "b.mp4", 2, pool=pool, timeout=600,
+                               progress=lambda f, m, p: seen[1].append(m))
+    assert pool.group is group and group.pids == pids and pool.groups_started == 1
+    assert group.loads == {0: 1, 1: 1} and group.jobs_run == 3  # no second load in either rank
+    assert any(m.startswith("starting 2 processes") for m in seen[0])
+    assert not any(m.startswith("starting") for m in seen[1]) and seen[1][-1] == "done"
+    for i, req in enumerate((first, second)):
+        one = EngineService().generate(req, tmp_path / f"one{i}.mp4")
+        assert_same_video(_frames(one["video"]), _frames(out[i]["video"]))
+    assert not (tmp_path / "odd.mp4").exists()
+
+
+def test_a_killed_rank_replaces_the_group_and_nothing_hangs(tmp_path, pool):
+    """Rank 1 killed mid-job (SIGKILL at step 2 of 30): the job fails plainly within a bounded time (RankLost,
+    not a hang on rank 0 waiting in a collective), every process of that group is gone, and the next job runs on
+    a new group."""
+    import os
+    import signal
+
+    from pipelines.parallel import RankLost, generate_parallel
+
+    victims = []
+
+    def progress(f, m, p):
+        if m.startswith("step 2/") and not victims:
+            victims.append(pool.group.pids)
+            os.kill(pool.group.pids[1], signal.SIGKILL)
+
+    req = dict(prompt="a cat", width=64, height=64, frames=9, seed=1, audio=False)
+    with pytest.raises(RankLost, match="rank 1 of 2 stopped"):
+        generate_parallel(dict(req, schedule="full", steps=30), tmp_path / "x.mp4", 2, pool=pool, progress=progress,
+                          timeout=600)
+    assert victims and pool.group is None and _gone(victims[0])
+    res = generate_parallel(req, tmp_path / "y.mp4", 2, pool=pool, timeout=600)
+    assert Path(res["video"]).is_file() and pool.groups_started == 2
+    assert not set(pool.group.pids) & set(victims[0])
+
+
+def test_the_pool_replaces_a_group_for_another_model_world_or_mode_and_a_broken_one(monkeypatch, tmp_path):
+    """The pool's choice, without processes: same key -> the same group; another model, tier, K or mode -> the
+    old group closed and a new one; a group that is no longer healthy -> replaced; close() releases it."""
+    import pipelines.parallel as par
+
+    made = []
+
+    class Fake:
+        def __init__(self, world, *, model, tier, models_dir, mode, start_timeout, settle_timeout):
+            self.key = par.group_key(model, tier, models_dir, world, mode)
+            self.closed, self.ok, self.last_used = False, True, 0.0
+            made.append(self)
+
+        def healthy(self):
+            return self.ok and not self.closed
+
+        def close(self, timeout=10):
+            self.closed = True
+
+        def run(self, req, out, **kw):
+            return {"key": self.key}
+
+    monkeypatch.setattr(par, "ParallelGroup", Fake)
+    monkeypatch.setattr(par, "check_mode", lambda mode: None)
+    pool = par.ParallelPool(idle_timeout=0)
+    base = dict(prompt="x", width=64, height=64, frames=9)
+    pool.run(base, tmp_path / "a.mp4", 2)
+    pool.run(dict(base, seed=9), tmp_path / "a.mp4", 2)
+    assert len(made) == 1
+    pool.run(base, tmp_path / "a.mp4", 3)
+    pool.run(base, tmp_path / "a.mp4", 3, mode="ring")
+    pool.run(dict(base, tier="bf16"), tmp_path / "a.mp4", 3, mode="ring")
+    pool.run(dict(base, tier="bf16"), tmp_path / "a.mp4", 3, mode="ring", models_dir=str(tmp_path))
+    assert len(made) == 5 and [g.closed for g in made] == [True, True, True, True, False]
+    made[-1].ok = False  # a rank died while the group was idle
+    pool.run(dict(base, tier="bf16"), tmp_path / "a.mp4", 3, mode="ring", models_dir=str(tmp_path))
+    assert len(made) == 6 and made[-2].closed and pool.groups_started == 6
+    pool.close()
+    assert made[-1].closed and pool.group is None
 
 
 def _cli(tmp_path, name, *args):
@@ -160,19 +327,31 @@ def test_cli_sp_2_equals_one_process_and_an_uneven_split_is_refused_on_gloo(tmp_
     assert r.returncode == 2 and "Traceback" not in r.stderr and "split evenly" in r.stderr, r.stderr[-2000:]
 
 
-def test_a_cancel_stops_every_rank(tmp_path):
+def test_a_cancel_stops_every_rank_and_the_group_runs_the_next_job(tmp_path, pool, control):
     """Cancelled after step 2 of 30 (Full schedule: 28 more guided steps were left, so the ranks cannot finish
-    before the cancel reaches them, however loaded the machine): every rank stops, no file, Cancelled."""
+    before the cancel reaches them, however loaded the machine): every rank stops, no file, Cancelled. The same
+    processes then run the next job (the cancel Event is cleared for it), which equals one process; idle, the
+    group is released and its processes are gone."""
     from pipelines.errors import Cancelled
     from pipelines.parallel import generate_parallel
+    from pipelines.service import EngineService
 
     steps = []
     with pytest.raises(Cancelled):
         generate_parallel(dict(prompt="a cat", width=64, height=64, frames=9, seed=1, audio=False, schedule="full",
                                steps=30), tmp_path / "x.mp4", 2, progress=lambda f, m, p: steps.append(m),
-                          should_cancel=lambda: any(m.startswith("step 2/") for m in steps), timeout=600)
+                          should_cancel=lambda: any(m.startswith("step 2/") for m in steps), timeout=600, pool=pool)
     assert not (tmp_path / "x.mp4").exists() and any(m.startswith("step 2/30") for m in steps)
     assert not any(m.startswith("step 30/") for m in steps)
+    pids = pool.group.pids
+    pool.idle_timeout = 0.5  # read when the next job ends: then the group is released
+    req = dict(prompt="a red ball", width=64, height=64, frames=9, seed=4, audio=True, attention_strength=0.5,
+               controls=[{"path": control}])
+    two = generate_parallel(req, tmp_path / "two.mp4", 2, pool=pool, timeout=600)
+    assert pool.groups_started == 1 and pool.group.pids == pids and pool.group.jobs_run == 2
+    one = EngineService().generate(req, tmp_path / "one.mp4")
+    assert_same_video(_frames(one["video"]), _frames(two["video"]))
+    assert _released(pool, pids)
 
 
 def test_shard_offsets_follow_diffusers_split():

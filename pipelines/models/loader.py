@@ -259,6 +259,7 @@ class ModelCache:
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self.max_models = max_models
         self.dtype = dtype
+        self.loads = 0  # models built (not served from the cache): a warm context-parallel group counts on it
 
     def get(self, spec: ModelSpec, tier: MemoryTier = MemoryTier.AUTO) -> LoadedModel:
         from pipelines.models.memory import choose_tier
@@ -280,6 +281,7 @@ class ModelCache:
                 pipe, upsampler, max_len = _build_diffusers(spec, dtype)
             else:
                 pipe, upsampler, max_len = _build_single_file(spec, dtype)
+            self.loads += 1
             pipe.set_progress_bar_config(disable=True)
             tier = apply_tier(pipe, tier, device, dtype)
             if upsampler is not None:
