@@ -52,6 +52,9 @@ def add_scale_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sp", type=int, default=1, metavar="K",
                    help="GPUs per generation by default: one video split over K GPUs of one host (context parallel; "
                         "each user's 'GPUs per generation' in the Workers tab overrides it)")
+    g.add_argument("--sp-idle", type=float, default=None, metavar="SECONDS",
+                   help="how long the K processes of a split generation stay loaded without a job before they are "
+                        "released (default $ICLORA_SP_IDLE_S or 600; 0: after every job)")
 
 
 def add_limit_arguments(p: argparse.ArgumentParser) -> None:
@@ -89,7 +92,8 @@ def main(argv=None) -> int:
                        max_frames=args.max_frames, max_pixels=args.max_pixels, max_volume=args.max_volume,
                        max_queued_jobs=args.max_queued_jobs,
                        admins=tuple(n.strip() for n in args.admins.split(",") if n.strip()), ray=args.ray,
-                       ray_workers=args.ray_workers, shared_dir=args.shared_dir, gpus_per_job=args.sp)
+                       ray_workers=args.ray_workers, shared_dir=args.shared_dir, gpus_per_job=args.sp,
+                       sp_idle_s=args.sp_idle)
     try:
         launch(cfg)
     except UserError as exc:

@@ -244,7 +244,7 @@ def cp_main(args) -> int:
             if cuda and k > gpus:
                 print(f"  {mode:8s} {k:2d}   skipped: {gpus} GPU(s) here")
                 continue
-            pool = ParallelPool(idle_timeout=0)  # a group of its own: the first job starts it (cold)
+            pool = ParallelPool(idle_timeout=float("inf"))  # a group of its own: the first job starts it (cold)
             try:
                 _, cold = timed(lambda p: generate_parallel(req, tmp / f"{mode}{k}c.mp4", k, mode=mode, progress=p,
                                                             pool=pool))

@@ -32,11 +32,19 @@ modes are used there). On a CPU build of torch diffusers computes the rank's dev
 ``rank % torch.accelerator.device_count()`` (0 devices: a division by zero); the ranks here stand in 1.
 
 Without CUDA (a CPU box: tests, a laptop) "K GPUs" means K CPU processes over gloo. With CUDA, K GPUs must be
-visible to the process (``check_devices``: refused plainly otherwise). Every job starts its K processes and loads
-the model in each (a 22B model: minutes); the studio's own copy is released first so rank 0 has GPU 0's memory.
+visible to the process (``check_devices``: refused plainly otherwise).
+
+The K processes are kept between jobs (``ParallelGroup``; this process's ``ParallelPool`` holds one): they load
+the model once (a 22B model: minutes) and then run request after request from their queues; another model, tier,
+models folder, K or mode replaces the group, and ``idle_timeout`` seconds without a job (``ICLORA_SP_IDLE_S``,
+the studio's ``--sp-idle``, default 600) or ``close()`` release it. On CUDA the studio's own copy is released
+before a group starts, so rank 0 has GPU 0's memory, and a warm group is released before the studio loads a
+model itself. Faults: a cancel and a UserError leave the group in service; a rank that exits, any other failure,
+or ranks that do not come back after one fail the job with ``RankLost`` and shut the group down (no automatic
+retry: out of memory or a device fault would strike again after minutes of loading; the next job starts anew).
 
     generate_parallel(request, out, world=2)   # what `python -m pipelines generate --sp 2` and a studio job with
-                                               # "GPUs per job" 2 run
+                                               # "GPUs per job" 2 run (on this process's warm group)
 """
 from __future__ import annotations
 
@@ -333,7 +341,8 @@ def group_key(model: str, tier, models_dir, world: int, mode: str) -> tuple:
 class ParallelPool:
     """At most one warm ``ParallelGroup`` of this process, reused by every split job of the same model, memory
     tier, models folder, K and mode; another of those replaces it. A group idle for ``idle_timeout`` seconds
-    (``ICLORA_SP_IDLE_S``, default 600) is closed, and so is a group whose rank died (replaced at the next job).
+    (``ICLORA_SP_IDLE_S`` / the studio's ``--sp-idle``, default 600; 0: closed after every job, as a one-shot
+    run; ``inf``: kept until ``close()``) is closed, and so is a group whose rank died (replaced at the next job).
     ``before_start`` runs before a group's processes start (the studio gives its own model copy back on CUDA)."""
 
     def __init__(self, idle_timeout: float | None = None, *, start_timeout: float = 1800.0,
@@ -376,7 +385,7 @@ class ParallelPool:
                 return group.run(req, out_path, progress=progress, should_cancel=should_cancel,
                                  preview_dir=preview_dir, timeout=timeout)
             finally:
-                if not group.healthy():
+                if not group.healthy() or self.idle_timeout <= 0:  # broken, or one-shot use (idle 0)
                     group.close()
                     if self.group is group:
                         self.group = None
@@ -400,7 +409,7 @@ class ParallelPool:
                 "idle_s": round(time.monotonic() - g.last_used, 1), "ready": g.ready}
 
     def _arm(self, group) -> None:
-        if self.idle_timeout <= 0:
+        if self.idle_timeout == float("inf"):
             return
         self._timer = threading.Timer(self.idle_timeout, self._idle_close, args=(group,))
         self._timer.daemon = True

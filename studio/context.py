@@ -35,6 +35,7 @@ class StudioConfig:
     ray_workers: int | None = None       # actors (default: one per GPU of the cluster)
     shared_dir: str | None = None        # a folder every Ray host mounts at the same path
     gpus_per_job: int = 1                # default GPUs of one generation (context parallel, --sp)
+    sp_idle_s: float | None = None       # a warm split group's idle release (--sp-idle; None: env or 600 s)
 
     def is_admin(self, owner: str) -> bool:
         """Without --auth the one local user runs the box; with it, only the names given with --admins."""
@@ -168,6 +169,13 @@ def build_context(config: StudioConfig) -> StudioContext:
         from pipelines.parallel import check_devices
 
         check_devices(config.gpus_per_job)
+    if config.sp_idle_s is not None:
+        if not config.sp_idle_s >= 0:
+            raise UserError(f"--sp-idle {config.sp_idle_s}: give the seconds (0 or more) the processes of a split "
+                            "generation stay loaded without a job")
+        from pipelines.parallel import shared_pool
+
+        shared_pool().idle_timeout = float(config.sp_idle_s)  # read when a split job ends
     service = EngineService(models_dir=str(paths.models_dir) if paths.models_dir else None)
     jobs = JobManager(paths.outputs_dir, max_queued_per_user=limits.max_queued_jobs, **_executors(config, paths, service))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

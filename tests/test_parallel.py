@@ -151,10 +151,10 @@ def _released(pool, pids, within: float = 60.0) -> bool:
 
 @pytest.fixture
 def pool():
-    """A pool of its own (no idle release unless the test sets one); closed after the test, no process left."""
+    """A pool of its own (never released idle unless the test says so); closed after the test, no process left."""
     from pipelines.parallel import ParallelPool
 
-    p = ParallelPool(idle_timeout=0, settle_timeout=60)
+    p = ParallelPool(idle_timeout=float("inf"), settle_timeout=60)
     started = []
     real = p.run
 
@@ -289,7 +289,7 @@ def test_the_pool_replaces_a_group_for_another_model_world_or_mode_and_a_broken_
 
     monkeypatch.setattr(par, "ParallelGroup", Fake)
     monkeypatch.setattr(par, "check_mode", lambda mode: None)
-    pool = par.ParallelPool(idle_timeout=0)
+    pool = par.ParallelPool(idle_timeout=float("inf"))
     base = dict(prompt="x", width=64, height=64, frames=9)
     pool.run(base, tmp_path / "a.mp4", 2)
     pool.run(dict(base, seed=9), tmp_path / "a.mp4", 2)
@@ -304,6 +304,9 @@ def test_the_pool_replaces_a_group_for_another_model_world_or_mode_and_a_broken_
     assert len(made) == 6 and made[-2].closed and pool.groups_started == 6
     pool.close()
     assert made[-1].closed and pool.group is None
+    pool.idle_timeout = 0  # one-shot: the group is closed as soon as its job ends
+    pool.run(base, tmp_path / "a.mp4", 2)
+    assert len(made) == 7 and made[-1].closed and pool.group is None
 
 
 def _cli(tmp_path, name, *args):
@@ -462,6 +465,16 @@ def test_more_gpus_than_this_host_has_are_refused_at_once(studio, monkeypatch):
         build_context(StudioConfig(outputs_dir=str(studio.outputs_dir), gpus_per_job=3))
     with pytest.raises(UserError, match="between 1 and 64"):
         build_context(StudioConfig(outputs_dir=str(studio.outputs_dir), gpus_per_job=0))
+    with pytest.raises(UserError, match="--sp-idle"):
+        build_context(StudioConfig(outputs_dir=str(studio.outputs_dir), sp_idle_s=-1))
+    from pipelines.parallel import shared_pool
+
+    before = shared_pool().idle_timeout
+    try:
+        build_context(StudioConfig(outputs_dir=str(studio.outputs_dir), sp_idle_s=30)).jobs.shutdown(timeout=10)
+        assert shared_pool().idle_timeout == 30.0  # --sp-idle reaches the pool the studio's split jobs use
+    finally:
+        shared_pool().idle_timeout = before
     from pipelines.service import EngineService
 
     with pytest.raises(UserError, match="needs 3 GPUs"):
