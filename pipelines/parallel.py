@@ -545,7 +545,8 @@ def _rank_loop(rank: int, world: int, port: int, spec: dict, scratch: str, jobs,
     events.put(("ready", rank, os.getpid(), default_cache().loads))
 
     def stop_now() -> bool:  # every rank asks at the same points: the vote keeps them in step
-        flag = torch.tensor([1 if cancel.is_set() else 0], dtype=torch.int32)
+        orphan = os.getppid() != parent  # the studio is gone (a Ray actor killed after its job): stop too
+        flag = torch.tensor([1 if cancel.is_set() or orphan else 0], dtype=torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=control)
         return bool(flag.item())
 

@@ -265,6 +265,34 @@ def test_a_killed_rank_replaces_the_group_and_nothing_hangs(tmp_path, pool):
     assert not set(pool.group.pids) & set(victims[0])
 
 
+def test_ranks_whose_studio_died_exit_by_themselves(tmp_path):
+    """A studio process that dies without closing its group (killed; os._exit here, no atexit): its idle ranks
+    see their parent gone and exit, within a bounded wait. No orphan keeps a GPU."""
+    import json
+
+    script = tmp_path / "studio.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "from pipelines.parallel import ParallelPool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ParallelPool(idle_timeout=float('inf'))\n"
+        "    pool.run(dict(prompt='a cat', width=64, height=64, frames=9, seed=1, audio=False), sys.argv[1], 2,\n"
+        "             timeout=500)\n"
+        "    print(json.dumps(pool.group.pids), flush=True)\n"
+        "    os._exit(0)\n")
+    # output to files, not pipes: ranks left running would hold a pipe open and make the wait hang
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        r = subprocess.run([sys.executable, str(script), str(tmp_path / "x.mp4")], cwd=ROOT, stdout=out,
+                           stderr=err, timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, (tmp_path / "err.txt").read_text()[-3000:]
+    pids = json.loads((tmp_path / "out.txt").read_text().strip().splitlines()[-1])
+    assert len(pids) == 2 and (tmp_path / "x.mp4").is_file()
+    left = [] if _gone(pids, within=60) else [p for p in pids if _running(p)]
+    for pid in left:  # this test's own processes: not left behind when it fails
+        __import__("os").kill(pid, 9)
+    assert not left
+
+
 def test_the_pool_replaces_a_group_for_another_model_world_or_mode_and_a_broken_one(monkeypatch, tmp_path):
     """The pool's choice, without processes: same key -> the same group; another model, tier, K or mode -> the
     old group closed and a new one; a group that is no longer healthy -> replaced; close() releases it."""
