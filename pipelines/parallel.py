@@ -445,6 +445,12 @@ def shared_pool() -> ParallelPool:
         return _shared_pool
 
 
+def warm_group() -> dict | None:
+    """This process's warm split group as the Workers panel shows it (None when there is none); never starts one."""
+    pool = _shared_pool
+    return pool.status() if pool is not None else None
+
+
 def release_shared_group() -> None:
     """Close this process's warm group, if there is one (on CUDA before this process loads a model itself: the
     ranks hold GPUs 0..K-1)."""

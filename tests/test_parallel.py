@@ -203,6 +203,12 @@ def test_two_processes_equal_one_with_a_biased_reference_and_audio(tmp_path, con
     assert any(m.startswith("step 8/8") for _, m in seen) and seen[-1][1] == "done"  # rank 0's progress
     assert [f for f, _ in seen] == sorted(f for f, _ in seen)
     assert not list(tmp_path.glob("rank*"))  # the other rank's copy is not left beside the output
+    # the warm group shows in the Workers panel's rows, beside the studio's own process
+    from studio.executors import InProcessExecutor
+
+    rows = {w["name"]: w for w in InProcessExecutor().workers()}
+    group = rows["split group (2 x ulysses)"]
+    assert group["gpus"] == ["0", "1"] and group["state"].startswith("warm · 1 job(s)") and "tiny" in group["model"]
 
 
 def test_two_jobs_on_a_warm_group_reuse_its_processes_and_load_the_model_once(tmp_path, pool, control):

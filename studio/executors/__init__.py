@@ -207,10 +207,19 @@ class InProcessExecutor(Executor):
 
         with self._lock:
             running = list(self._running.values())
-        return [{"name": "in-process", "executor": self.name, "host": _hostname(), "state":
+        from pipelines.parallel import warm_group
+
+        rows = [{"name": "in-process", "executor": self.name, "host": _hostname(), "state":
                  "busy" if running else "idle", "model": ", ".join(resident_models()) or None,
                  "jobs": [{"id": w.job_id, "owner": w.owner, "kind": w.kind} for w in running],
                  "memory": memory_report(), "gpus": None, "restarts": 0}]
+        group = warm_group()
+        if group is not None:  # the split generations' K processes, warm between jobs (pipelines.parallel)
+            rows.append({"name": f"split group ({group['world']} x {group['mode']})", "executor": self.name,
+                         "host": _hostname(), "state": f"warm · {group['jobs']} job(s) · idle {group['idle_s']:.0f} s",
+                         "model": f"{group['model']} ({group['tier']})", "jobs": [], "memory": None,
+                         "gpus": [str(i) for i in range(group["world"])], "restarts": 0})
+        return rows
 
 
 def _hostname() -> str:
