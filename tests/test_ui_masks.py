@@ -230,3 +230,18 @@ def test_generate_with_mask_job_runs_on_the_studio(studio_server, tmp_path):
         time.sleep(0.5)
     assert job.status.value == "done", job.error
     assert Path(job.result["video"]).is_file()
+
+
+def test_painter_frames_are_fitted_as_they_are_decoded_with_the_same_pixels(make_video):
+    """The painter's background frame and clip are resized frame by frame while decoding (a 4K clip never sits
+    in memory at 4K); the pixels equal decoding everything, then resizing."""
+    from pipelines.mask_ui import fit_frame
+    from pipelines.video_io import read_video, resize_cover_crop
+    from studio.tabs.masks import read_frame, read_frames
+
+    src = make_video("paint-src.mp4", frames=9, width=320, height=240)
+    full, _ = read_video(src)
+    assert np.array_equal(read_frame(str(src), 5, 128, 64), fit_frame(full[5], 128, 64))
+    idx = np.minimum(np.arange(17), 8)  # longer than the clip: the last frame held
+    want, _ = resize_cover_crop(full, 128, 64, indices=idx)
+    assert np.array_equal(read_frames(str(src), 17, 128, 64), want)

@@ -63,8 +63,10 @@ def read_frame(source: str | None, t: int, width: int, height: int) -> np.ndarra
     from pipelines.video_io import read_video
 
     info = probe_video_input(source, "clip", frames=int(t) + 1)  # what decoding up to frame t costs
-    frames, _ = read_video(source, max_frames=int(t) + 1, info=info)
-    return mask_ui.fit_frame(frames[min(int(t), len(frames) - 1)], width, height)
+    # each frame fitted as it is decoded: frame t of a 4K clip never holds t full-size frames in memory
+    frames, _ = read_video(source, max_frames=int(t) + 1, info=info,
+                           frame_fn=lambda f: mask_ui.fit_frame(f, width, height))
+    return frames[min(int(t), len(frames) - 1)]
 
 
 def read_frames(source: str | None, frames: int, width: int, height: int) -> np.ndarray:
@@ -76,10 +78,11 @@ def read_frames(source: str | None, frames: int, width: int, height: int) -> np.
     from pipelines.video_io import read_video, resize_cover_crop
 
     info = probe_video_input(source, "clip", frames=frames)
-    clip, _ = read_video(source, max_frames=frames, info=info)
+    # each frame resized as it is decoded (the same cv2 call resize_cover_crop makes for the whole clip)
+    clip, _ = read_video(source, max_frames=frames, info=info,
+                         frame_fn=lambda f: resize_cover_crop(f[None], width, height)[0][0])
     idx = np.minimum(np.arange(frames), len(clip) - 1)
-    out, _ = resize_cover_crop(clip, width, height, indices=idx)
-    return out
+    return np.ascontiguousarray(clip[idx])
 
 
 def load_frame(source, t, width, height, keys, editor) -> dict:
