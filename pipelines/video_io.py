@@ -402,8 +402,20 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, comment
     fmt = _VIDEO_SUFFIX_FORMAT.get(out.suffix.lower())
     if fmt is None:
         raise UserError(f"cannot write {out}: use a .mp4 (or .mov) file name")
+    return _encode_atomic(out, frames, fps, comment, [
+        "-vf", "scale=out_color_matrix=bt709:out_range=tv",
+        "-c:v", "libx264", "-preset", preset, "-crf", str(int(crf)), "-pix_fmt", "yuv420p",
+        "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv",
+        "-movflags", "+faststart", "-f", fmt])
+
+
+def _encode_atomic(out: Path, frames: np.ndarray, fps: float, comment: str | None, codec: list[str]) -> Path:
+    """Pipe validated uint8 [T,H,W,3] RGB frames through ffmpeg with ``codec`` (encoder and muxer arguments)
+    into a temporary file beside ``out``, then rename it over ``out``: the file appears complete or not at all.
+    ``comment`` reaches the 'comment' tag as an FFMETADATA file, never on the command line."""
+    t, h, w, _ = frames.shape
     rate = Fraction(fps).limit_denominator(1001)
-    tmp = None
+    tmp = meta = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=f".partial{out.suffix}", dir=out.parent)
@@ -421,13 +433,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, comment
            "-i", "-"]
     if meta is not None:
         cmd += ["-f", "ffmetadata", "-i", str(meta), "-map", "0:v", "-map_metadata", "1"]
-    cmd += ["-an",
-           "-vf", "scale=out_color_matrix=bt709:out_range=tv",
-           "-c:v", "libx264", "-preset", preset, "-crf", str(int(crf)), "-pix_fmt", "yuv420p",
-           "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv",
-           "-movflags", "+faststart"]
-    cmd += ["-f", fmt, str(tmp)]
-    ok = False
+    cmd += ["-an", *codec, str(tmp)]
     try:
         with tempfile.TemporaryFile() as errf:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=errf)
@@ -455,15 +461,10 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, comment
         # mkstemp makes the file 0600; give the video the usual permissions (or those of the file it replaces)
         os.chmod(tmp, (out.stat().st_mode & 0o777) if out.exists() else 0o644)
         os.replace(tmp, out)
-        ok = True
     finally:
         if meta is not None:
             meta.unlink(missing_ok=True)
-        if not ok:
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
+        tmp.unlink(missing_ok=True)  # gone after the rename; a failed run's partial file otherwise
     return out
 
 
@@ -504,55 +505,7 @@ def write_video_lossless(path: str | os.PathLike, frames: np.ndarray, fps: float
     out = Path(path)
     if out.suffix.lower() != LOSSLESS_SUFFIX:
         raise UserError(f"cannot write {out}: a lossless video is a {LOSSLESS_SUFFIX} file")
-    rate = Fraction(fps).limit_denominator(1001)
-    tmp = meta = None
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=f".partial{out.suffix}", dir=out.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        meta = _metadata_file(out.parent, out.stem, comment) if comment else None
-    except OSError as exc:  # a read-only, missing or full output folder, said plainly
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        from pipelines.errors import os_error_message
-
-        raise UserError(f"cannot write {out.name}: {os_error_message(exc, out.parent)}") from None
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{rate.numerator}/{rate.denominator}",
-           "-i", "-"]
-    if meta is not None:
-        cmd += ["-f", "ffmetadata", "-i", str(meta), "-map", "0:v", "-map_metadata", "1"]
-    cmd += ["-an", "-c:v", "ffv1", "-pix_fmt", "gbrp", "-f", "matroska", str(tmp)]
-    try:
-        with tempfile.TemporaryFile() as errf:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=errf)
-            broken = False
-            try:
-                data = np.ascontiguousarray(frames)
-                for i in range(t):
-                    try:
-                        proc.stdin.write(memoryview(data[i]).cast("B"))
-                    except (BrokenPipeError, OSError):
-                        broken = True
-                        break
-            finally:
-                try:
-                    proc.stdin.close()
-                except OSError:
-                    broken = True
-                rc = proc.wait()
-            errf.seek(0)
-            err = errf.read().decode("utf-8", "replace")
-        if rc != 0 or broken or not tmp.exists() or tmp.stat().st_size == 0:
-            raise UserError(f"could not write {out}: ffmpeg failed ({_ffmpeg_error_line(err)})")
-        os.chmod(tmp, (out.stat().st_mode & 0o777) if out.exists() else 0o644)
-        os.replace(tmp, out)
-    finally:
-        if meta is not None:
-            meta.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
-    return out
+    return _encode_atomic(out, frames, fps, comment, ["-c:v", "ffv1", "-pix_fmt", "gbrp", "-f", "matroska"])
 
 
 def mux_audio(video: str | os.PathLike, waveform: np.ndarray, sample_rate: int, out: str | os.PathLike,
