@@ -314,24 +314,23 @@ _VAE_PLACEHOLDERS = {"decoder.up_blocks.7.": "decoder.@UP7@.", "decoder.up_block
 _VAE_FINAL = {"decoder.@UP7@.": "decoder.up_blocks.3.upsamplers.0.", "decoder.@UP8@.": "decoder.up_blocks.3."}
 
 
-def protect_vae_keys(state: dict) -> dict:
-    """Before diffusers' VAE converter: hide LTX-2.3's extra decoder blocks 7/8 from its sequential renames."""
+def _replace_in_keys(state: dict, table: dict) -> dict:
     out = {}
     for k, v in state.items():
-        for a, b in _VAE_PLACEHOLDERS.items():
+        for a, b in table.items():
             k = k.replace(a, b)
         out[k] = v
     return out
+
+
+def protect_vae_keys(state: dict) -> dict:
+    """Before diffusers' VAE converter: hide LTX-2.3's extra decoder blocks 7/8 from its sequential renames."""
+    return _replace_in_keys(state, _VAE_PLACEHOLDERS)
 
 
 def finish_vae_keys(state: dict) -> dict:
     """After the converter: official decoder up_blocks.7 / 8 -> diffusers up_blocks.3.upsamplers.0 / up_blocks.3."""
-    out = {}
-    for k, v in state.items():
-        for a, b in _VAE_FINAL.items():
-            k = k.replace(a, b)
-        out[k] = v
-    return out
+    return _replace_in_keys(state, _VAE_FINAL)
 
 
 def convert_transformer(sd: dict) -> dict:
