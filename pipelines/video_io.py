@@ -505,7 +505,8 @@ def write_video_lossless(path: str | os.PathLike, frames: np.ndarray, fps: float
     out = Path(path)
     if out.suffix.lower() != LOSSLESS_SUFFIX:
         raise UserError(f"cannot write {out}: a lossless video is a {LOSSLESS_SUFFIX} file")
-    return _encode_atomic(out, frames, fps, comment, ["-c:v", "ffv1", "-pix_fmt", "gbrp", "-f", "matroska"])
+    return _encode_atomic(out, frames, fps, comment,
+                          ["-c:v", "ffv1", "-pix_fmt", "gbrp", "-f", "matroska"])
 
 
 def mux_audio(video: str | os.PathLike, waveform: np.ndarray, sample_rate: int, out: str | os.PathLike,

@@ -333,9 +333,9 @@ class Engine:
             note = "; ".join(rep.changes) or None
         else:
             frames, _fps = read_video(path)
-        if not req.conform_controls and (frames.shape[1:3] != (rh, rw) or len(frames) != req.frames):
-            raise UserError(f"control {Path(path).name} is {frames.shape[2]}x{frames.shape[1]}x{len(frames)}; "
-                            f"this run needs {rw}x{rh}x{req.frames} (turn on conforming)")
+            if frames.shape[1:3] != (rh, rw) or len(frames) != req.frames:
+                raise UserError(f"control {Path(path).name} is {frames.shape[2]}x{frames.shape[1]}x{len(frames)}; "
+                                f"this run needs {rw}x{rh}x{req.frames} (turn on conforming)")
         frames.setflags(write=False)
         self._controls[key] = (frames, note)
         while len(self._controls) > self.CONTROL_CACHE:
